@@ -1,0 +1,209 @@
+"""The bridge's one HTTP server: admin API, metrics, health and embedded intake."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from consumer_core.config.model import ServerConfig
+from consumer_core.events import CloudEvent, from_http, wrap
+from consumer_core.store.base import TaskQuery
+from consumer_core.tasks import TaskState, task_id
+
+if TYPE_CHECKING:
+    from consumer_core.runner import Runner
+
+__all__ = ["AdminServer"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_KEPT_HEADERS = ("traceparent", "tracestate")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class AdminServer:
+    def __init__(self, runner: Runner, config: ServerConfig) -> None:
+        self.runner = runner
+        self.host = config.host
+        self.port = config.port
+        self.token = config.token
+        self._site_runner: web.AppRunner | None = None
+
+    def _app(self) -> web.Application:
+        largest = max(
+            (i.max_body_bytes for i in self.runner.resources.intake.values()), default=1 << 20
+        )
+        app = web.Application(middlewares=[self._auth], client_max_size=largest + 1)
+        app.add_routes(
+            [
+                web.get("/healthz", self.healthz),
+                web.get("/readyz", self.readyz),
+                web.get("/metrics", self.metrics),
+                web.get("/v1/pipelines", self.list_pipelines),
+                web.post("/v1/pipelines/{name}/pause", self.pause),
+                web.post("/v1/pipelines/{name}/resume", self.resume),
+                web.post("/v1/pipelines/{name}/events", self.intake),
+                web.get("/v1/tasks", self.list_tasks),
+                web.post("/v1/tasks/{id:.+}/cancel", self.cancel_task),
+                web.get("/v1/tasks/{id:.+}", self.get_task),
+            ]
+        )
+        return app
+
+    async def start(self) -> None:
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
+            log.warning(
+                "the admin API listens on %s without a token: anyone who can reach it can "
+                "read tasks and control pipelines; set server.token",
+                self.host,
+            )
+        self._site_runner = web.AppRunner(self._app(), access_log=None)
+        await self._site_runner.setup()
+        site = web.TCPSite(self._site_runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            if sockets:
+                self.port = sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._site_runner is not None:
+            await self._site_runner.cleanup()
+            self._site_runner = None
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.token and request.path.startswith("/v1"):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return _error(401, "missing or wrong bearer token")
+        return await handler(request)
+
+    # ----------------------------------------------------------------- health
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        pipelines = self.runner.pipelines
+        broken = [p.name for p in pipelines.values() if not p.healthy]
+        if not self.runner.started.is_set() or broken:
+            return web.json_response({"status": "not ready", "failed": broken}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        for pipeline in self.runner.pipelines.values():
+            pipeline.status()  # refreshes the lag gauges
+        body = self.runner.resources.metrics.render()
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    # ----------------------------------------------------------------- pipelines
+
+    async def list_pipelines(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"pipelines": [p.status() for p in self.runner.pipelines.values()]}
+        )
+
+    def _pipeline(self, request: web.Request) -> Any:
+        pipeline = self.runner.pipelines.get(request.match_info["name"])
+        if pipeline is None:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"no pipeline {request.match_info['name']!r}"}),
+                content_type="application/json",
+            )
+        return pipeline
+
+    async def pause(self, request: web.Request) -> web.Response:
+        pipeline = self._pipeline(request)
+        await pipeline.pause()
+        return web.json_response(pipeline.status())
+
+    async def resume(self, request: web.Request) -> web.Response:
+        pipeline = self._pipeline(request)
+        await pipeline.resume()
+        return web.json_response(pipeline.status())
+
+    async def intake(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.runner.pipelines:
+            return _error(404, f"no pipeline {name!r}")
+        intake = self.runner.resources.intake.get(name)
+        if intake is None:
+            return _error(404, f"pipeline {name!r} has no embedded source")
+        if (request.content_length or 0) > intake.max_body_bytes:
+            return _error(413, f"body larger than {intake.max_body_bytes} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body larger than {intake.max_body_bytes} bytes")
+        if len(body) > intake.max_body_bytes:
+            return _error(413, f"body larger than {intake.max_body_bytes} bytes")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            event: CloudEvent | None = from_http(headers, body)
+        except ValueError as exc:
+            return _error(400, f"malformed CloudEvent: {exc}")
+        if event is None:
+            event = wrap(
+                body,
+                event_id=str(uuid.uuid4()),
+                source=f"/bridge/pipelines/{name}/events",
+                content_type=request.headers.get("Content-Type"),
+            )
+        kept = {k: v for k, v in headers.items() if k.startswith("x-") or k in _KEPT_HEADERS}
+        await intake.submit(event, kept)
+        return web.json_response({"id": task_id(name, str(event.get_id()))}, status=202)
+
+    # ----------------------------------------------------------------- tasks
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            state = TaskState(q["state"]) if "state" in q else None
+            limit = max(1, min(1000, int(q.get("limit", "100"))))
+            received_from = float(q["from"]) if "from" in q else None
+            received_to = float(q["to"]) if "to" in q else None
+        except ValueError as exc:
+            return _error(400, f"bad query: {exc}")
+        query = TaskQuery(
+            pipeline=q.get("pipeline"),
+            state=state,
+            tenant=q.get("tenant"),
+            received_from=received_from,
+            received_to=received_to,
+            limit=limit,
+            after=q.get("after"),
+        )
+        records = await self.runner.resources.store.query(query)
+        tasks = [r.to_json() for r in records]
+        cursor = records[-1].id if len(records) == limit else None
+        return web.json_response({"tasks": tasks, "next": cursor})
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        tid = request.match_info["id"]
+        record = await self.runner.resources.store.get(tid)
+        if record is None:
+            return _error(404, f"no task {tid!r}")
+        return web.json_response(record.to_json())
+
+    async def cancel_task(self, request: web.Request) -> web.Response:
+        tid = request.match_info["id"]
+        pipeline = self.runner.pipelines.get(tid.split(":", 1)[0])
+        previous = pipeline.cancel(tid) if pipeline is not None else None
+        if previous is not None:
+            return web.json_response({"id": tid, "cancelled": True, "was": previous}, status=202)
+        record = await self.runner.resources.store.get(tid)
+        if record is None:
+            return _error(404, f"no task {tid!r}")
+        return _error(409, f"task {tid!r} is {record.state.value}: nothing to cancel")

@@ -1,0 +1,197 @@
+"""The interfaces between the core and the outside world.
+
+A *source* hands the core ``Delivery`` objects; the core turns each into a task, runs it
+against the *target* and delivers its result event to *sinks*; only then does it
+settle the delivery. Connectors implement these; the core never imports a vendor SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from consumer_core.events import CloudEvent
+from consumer_core.outcome import Outcome
+
+if TYPE_CHECKING:
+    from consumer_core.admin.metrics import Metrics
+    from consumer_core.store.base import TaskStore
+    from consumer_core.store.sqlite import SqliteDatabases
+
+__all__ = [
+    "Clock",
+    "Delivery",
+    "Intake",
+    "Pausable",
+    "ReportsLag",
+    "Resources",
+    "Sink",
+    "Source",
+    "Target",
+]
+
+
+class Delivery:
+    """One message taken from a source, with the means to settle it.
+
+    ``event`` is the message as a CloudEvent, or ``None`` when it could not be decoded
+    (then ``decode_error`` says why and the core fails it to ``on_failure``);
+    ``event_id`` is stable across redelivery. ``key`` is the ordering key, ``partition``
+    the unit of ``ordering: partition``; ``headers`` feed tenant extraction and trace
+    propagation; ``attributes`` are source facts for spans and logs (offset, queue...).
+
+    Settling is idempotent, first call wins, and only the core settles:
+
+    * ``ack()`` -- the message is done: never deliver it again.
+    * ``nack(delay)`` -- hand it back for redelivery (after ``delay`` seconds if the
+      source can delay).
+
+    Connectors subclass this and implement ``_ack``/``_nack``.
+    """
+
+    __slots__ = (
+        "attributes",
+        "decode_error",
+        "event",
+        "event_id",
+        "headers",
+        "key",
+        "partition",
+        "raw",
+        "received_at",
+        "settled",
+    )
+
+    def __init__(
+        self,
+        *,
+        event: CloudEvent | None,
+        event_id: str,
+        raw: bytes = b"",
+        key: str | None = None,
+        partition: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        decode_error: str | None = None,
+    ) -> None:
+        self.event = event
+        self.event_id = event_id
+        self.raw = raw
+        self.key = key
+        self.partition = partition
+        self.headers: Mapping[str, str] = headers or {}
+        self.attributes: Mapping[str, Any] = attributes or {}
+        self.decode_error = decode_error
+        self.received_at = time.time()
+        self.settled: str | None = None
+
+    async def ack(self) -> None:
+        if self.settled is None:
+            self.settled = "ack"
+            await self._ack()
+
+    async def nack(self, *, delay: float | None = None) -> None:
+        if self.settled is None:
+            self.settled = "nack"
+            await self._nack(delay)
+
+    async def _ack(self) -> None:
+        raise NotImplementedError
+
+    async def _nack(self, delay: float | None) -> None:
+        raise NotImplementedError
+
+
+class Source(Protocol):
+    """Where messages come from.
+
+    ``connect`` is called before the first ``receive`` and again after
+    ``NotConnected`` (with backoff). ``receive`` returns at most ``max_messages``
+    deliveries, or an empty sequence once ``timeout`` seconds passed with none: the
+    core passes the window's free room, so backpressure reaches the broker here.
+    ``close`` is called once, after the core settled everything it will settle.
+    """
+
+    async def connect(self) -> None: ...
+
+    async def receive(self, max_messages: int, timeout: float) -> Sequence[Delivery]: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReportsLag(Protocol):
+    """A source that knows how far behind it is, per partition (or queue)."""
+
+    def lag(self) -> Mapping[str, int]: ...
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """A source that can stop its broker from sending while the pipeline is paused."""
+
+    async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+
+class Target(Protocol):
+    """Where events are processed: one ``Outcome`` per event, in order, never raises
+    for a remote failure."""
+
+    async def invoke(
+        self, events: Sequence[CloudEvent], *, attempt: int, traceparent: str | None
+    ) -> Sequence[Outcome]: ...
+
+    async def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Where result events go.
+
+    ``emit`` returns once every event is safely delivered, or raises ``SinkError``
+    (retryable per class) or ``PartialFailure`` naming the event ids not delivered;
+    the core retries the rest. It may be called again with the same events.
+    """
+
+    name: str
+
+    async def connect(self) -> None: ...
+
+    async def emit(self, events: Sequence[CloudEvent]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+Clock = Callable[[], float]
+
+
+class Intake(Protocol):
+    """The receiving end of ``POST /v1/pipelines/{name}/events`` (embedded source).
+
+    ``submit`` returns once the event is durably stored; ``headers`` are the request's
+    headers worth keeping (tenant, trace context).
+    """
+
+    max_body_bytes: int
+
+    async def submit(self, event: CloudEvent, headers: Mapping[str, str]) -> None: ...
+
+
+@dataclass(slots=True, kw_only=True)
+class Resources:
+    """Everything a component's constructor may need, handed in (no singletons)."""
+
+    metrics: Metrics
+    store: TaskStore
+    base_dir: Path
+    state_url: str
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("bridge"))
+    clock: Clock = time.monotonic
+    databases: SqliteDatabases
+    intake: dict[str, Intake] = field(default_factory=dict)
+    """Embedded sources register their intake here, by pipeline name."""

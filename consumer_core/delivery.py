@@ -1,0 +1,145 @@
+"""The deliver loop: result events out to every sink, then records, then acks.
+
+For each batch of finished tasks (in the order they finished): emit the success
+results to ``on_success`` and the failures to ``on_failure``, retrying each sink with
+backoff until it took every event (a sink that is down holds the batch; nothing is
+dropped and the source messages stay unacked); then make the task records durable;
+then ack the source messages. The order of those three steps is the delivery guarantee.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from consumer_core.contracts import Sink
+from consumer_core.errors import PartialFailure, SinkError
+from consumer_core.events import CloudEvent, structured_dict
+from consumer_core.tasks import TaskState
+
+if TYPE_CHECKING:
+    from consumer_core.pipeline import Pipeline, Task
+
+__all__ = ["ResultDelivery"]
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+MAX_BACKOFF = 5.0
+
+
+class ResultDelivery:
+    def __init__(
+        self, pipeline: Pipeline, *, on_success: Sequence[Sink], on_failure: Sequence[Sink]
+    ) -> None:
+        self.pipeline = pipeline
+        self.on_success = tuple(on_success)
+        self.on_failure = tuple(on_failure)
+        self._queue: deque[Task] = deque()
+        self._ready = asyncio.Event()
+        self._stopped = False
+        m = pipeline.res.metrics
+        self._stage = {
+            stage: m.stage_duration.labels(pipeline.name, stage)
+            for stage in ("queued", "invoke", "delivery", "total")
+        }
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return self.on_success + tuple(s for s in self.on_failure if s not in self.on_success)
+
+    async def connect(self) -> None:
+        for sink in self.sinks:
+            await sink.connect()
+
+    async def close(self) -> None:
+        for sink in self.sinks:
+            await sink.close()
+
+    def put(self, task: Task) -> None:
+        self._queue.append(task)
+        self._ready.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def run(self) -> None:
+        while not self._stopped:
+            if not self._queue:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            count = min(MAX_BATCH, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(count)]
+            await self._deliver(batch)
+            await self._complete(batch)
+
+    async def _deliver(self, batch: list[Task]) -> None:
+        succeeded = [t.result for t in batch if t.record.state is TaskState.SUCCEEDED]
+        failed = [t.result for t in batch if t.record.state is not TaskState.SUCCEEDED]
+        jobs = [
+            (sink, [e for e in events if e is not None])
+            for sinks, events in ((self.on_success, succeeded), (self.on_failure, failed))
+            for sink in sinks
+            if events
+        ]
+        await asyncio.gather(*(self._emit_until_done(sink, events) for sink, events in jobs))
+
+    async def _emit_until_done(self, sink: Sink, events: list[CloudEvent]) -> None:
+        delay = 0.05
+        pending = events
+        while True:
+            try:
+                await sink.emit(pending)
+                return
+            except PartialFailure as exc:
+                pending = [e for e in pending if str(e.get_id()) in exc.failed_ids]
+                error: SinkError = exc
+            except SinkError as exc:
+                error = exc
+            self.pipeline.res.metrics.sink_failures.labels(self.pipeline.name, sink.name).inc()
+            log.warning(
+                "pipeline %s: sink %s refused %d events (%s); retrying in %.2fs",
+                self.pipeline.name,
+                sink.name,
+                len(pending),
+                error,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _complete(self, batch: list[Task]) -> None:
+        store = self.pipeline.store
+        now = time.time()
+        for task in batch:
+            record = task.record
+            record.delivered = now
+            if record.state is not TaskState.SUCCEEDED:
+                record.event = structured_dict(task.event)  # kept so it can be re-driven
+            store.save(record)
+        await store.flush()
+        for task in batch:
+            for delivery in task.deliveries:
+                await delivery.ack()
+            self._observe(task)
+            self.pipeline.settled(task)
+
+    def _observe(self, task: Task) -> None:
+        r = task.record
+        for stage, start, end in (
+            ("queued", r.received, r.dispatched),
+            ("invoke", r.started, r.finished),
+            ("delivery", r.finished, r.delivered),
+            ("total", r.received, r.delivered),
+        ):
+            if start is not None and end is not None:
+                self._stage[stage].observe(max(0.0, end - start))

@@ -1,0 +1,257 @@
+"""CloudEvents as the core sees them, and the result events it emits.
+
+Inside the bridge every event is a ``cloudevents`` SDK ``CloudEvent`` whose data is
+the payload's raw bytes (or ``None``), with ``datacontenttype`` saying what they are.
+Keeping bytes means a payload goes to the function exactly as it came in; the
+structured (JSON) form is produced only where a structured document is wanted, and
+there JSON payloads are embedded as JSON rather than base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from cloudevents.core.bindings import http as ce_http
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from consumer_core.outcome import ErrorKind
+
+__all__ = [
+    "JSON_FORMAT",
+    "MESSAGE_TYPE",
+    "CloudEvent",
+    "content_hash_id",
+    "decode_data",
+    "failed_event",
+    "from_http",
+    "from_structured_bytes",
+    "is_json_type",
+    "normalize",
+    "partition_key",
+    "structured_bytes",
+    "structured_dict",
+    "succeeded_event",
+    "wrap",
+]
+
+JSON_FORMAT: Final = JSONFormat()
+MESSAGE_TYPE: Final = "bridge.message"
+SUCCEEDED_TYPE: Final = "bridge.task.succeeded"
+FAILED_TYPE: Final = "bridge.task.failed"
+_JSON_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-\.]+\+)?json(;.*)?$")
+
+
+def is_json_type(content_type: str | None) -> bool:
+    return content_type is None or bool(_JSON_TYPE.match(content_type))
+
+
+def content_hash_id(body: bytes) -> str:
+    """A stable id for a message that has none: the SHA-256 of its body."""
+    return "sha256-" + hashlib.sha256(body).hexdigest()[:32]
+
+
+def wrap(
+    body: bytes,
+    *,
+    event_id: str,
+    source: str,
+    content_type: str | None = None,
+    extensions: Mapping[str, Any] | None = None,
+) -> CloudEvent:
+    """Wrap a plain message as a ``bridge.message`` CloudEvent (SPEC section 4)."""
+    attributes: dict[str, Any] = {
+        "id": event_id,
+        "source": source,
+        "type": MESSAGE_TYPE,
+        "specversion": "1.0",
+        "datacontenttype": content_type or "application/octet-stream",
+    }
+    if extensions:
+        attributes.update(extensions)
+    return CloudEvent(attributes, body)
+
+
+def _data_to_bytes(data: Any, content_type: str | None) -> bytes | None:
+    if data is None or isinstance(data, bytes):
+        return data
+    if isinstance(data, bytearray):
+        return bytes(data)
+    if isinstance(data, str) and not is_json_type(content_type):
+        return data.encode()
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def normalize(event: Any) -> CloudEvent:
+    """Return an SDK event whose data is bytes (re-encoding parsed JSON if needed)."""
+    data = event.get_data()
+    if data is None or isinstance(data, bytes):
+        return event if isinstance(event, CloudEvent) else CloudEvent(event.get_attributes(), data)
+    attributes = dict(event.get_attributes())
+    return CloudEvent(attributes, _data_to_bytes(data, attributes.get("datacontenttype")))
+
+
+def from_http(headers: Mapping[str, str], body: bytes) -> CloudEvent | None:
+    """Read a CloudEvent from an HTTP request, or ``None`` if it does not carry one.
+
+    Binary mode (``ce-*`` headers) keeps the body as the data, byte for byte;
+    structured mode (``application/cloudevents+json``) is parsed by the SDK. Raises
+    ``ValueError`` for a request that claims to be a CloudEvent but is malformed.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if any(k.startswith("ce-") for k in lowered):
+        attributes = dict(
+            ce_http.from_binary(ce_http.HTTPMessage(lowered, b""), JSON_FORMAT).get_attributes()
+        )
+        return CloudEvent(attributes, body or None)
+    if lowered.get("content-type", "").startswith("application/cloudevents+json"):
+        return from_structured_bytes(body)
+    return None
+
+
+def from_structured_bytes(body: bytes) -> CloudEvent:
+    """Parse one structured-mode JSON CloudEvent (raises ``ValueError`` when malformed)."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a JSON document: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError("a structured CloudEvent must be a JSON object")
+    try:
+        return normalize(JSON_FORMAT.read(None, body))
+    except Exception as exc:
+        raise ValueError(f"not a valid CloudEvent: {exc}") from exc
+
+
+def decode_data(event: CloudEvent) -> Any:
+    """The payload as a JSON value when it is JSON, else text, else bytes."""
+    data = event.get_data()
+    if data is None:
+        return None
+    content_type = event.get_attributes().get("datacontenttype")
+    if isinstance(data, bytes) and is_json_type(content_type):
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    if isinstance(data, bytes):
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            return data
+    return data
+
+
+def structured_dict(event: CloudEvent) -> dict[str, Any]:
+    """The event as a structured-mode JSON object (JSON payloads embedded as JSON)."""
+    attributes: dict[str, Any] = dict(event.get_attributes())
+    time = attributes.get("time")
+    if isinstance(time, datetime):
+        attributes["time"] = time.isoformat().replace("+00:00", "Z")
+    data = event.get_data()
+    if data is None:
+        return attributes
+    value = decode_data(event)
+    if isinstance(value, bytes):
+        attributes["data_base64"] = base64.b64encode(value).decode()
+    elif isinstance(value, str) and is_json_type(attributes.get("datacontenttype")):
+        # JSON content type but not parseable JSON: keep it as text, never lose it.
+        attributes["data"] = value
+    else:
+        attributes["data"] = value
+    return attributes
+
+
+def structured_bytes(event: CloudEvent) -> bytes:
+    return json.dumps(structured_dict(event), separators=(",", ":")).encode()
+
+
+def partition_key(event: CloudEvent) -> str | None:
+    value = event.get_attributes().get("partitionkey")
+    return None if value is None else str(value)
+
+
+def _result_attributes(
+    *,
+    type_: str,
+    pipeline: str,
+    original: CloudEvent,
+    tenant: str,
+    attempts: int,
+    traceparent: str | None,
+) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "type": type_,
+        "source": f"/bridge/pipelines/{pipeline}",
+        "subject": str(original.get_id()),
+        "time": datetime.now(UTC),
+        "tenant": tenant,
+        "attempts": attempts,
+    }
+    key = partition_key(original)
+    if key is not None:
+        attributes["partitionkey"] = key
+    if traceparent:
+        attributes["traceparent"] = traceparent
+    return attributes
+
+
+def succeeded_event(
+    *,
+    pipeline: str,
+    original: CloudEvent,
+    tenant: str,
+    attempts: int,
+    traceparent: str | None,
+    data: bytes | None,
+    content_type: str | None,
+) -> CloudEvent:
+    """``bridge.task.succeeded``: the function's answer as data, with its content type."""
+    attributes = _result_attributes(
+        type_=SUCCEEDED_TYPE,
+        pipeline=pipeline,
+        original=original,
+        tenant=tenant,
+        attempts=attempts,
+        traceparent=traceparent,
+    )
+    if data:
+        attributes["datacontenttype"] = content_type or "application/octet-stream"
+    return CloudEvent(attributes, data or None)
+
+
+def failed_event(
+    *,
+    pipeline: str,
+    original: CloudEvent,
+    tenant: str,
+    attempts: int,
+    traceparent: str | None,
+    kind: ErrorKind,
+    message: str,
+    status: int | None,
+) -> CloudEvent:
+    """``bridge.task.failed``: ``{"error": {kind, message, status}, "event": original}``."""
+    attributes = _result_attributes(
+        type_=FAILED_TYPE,
+        pipeline=pipeline,
+        original=original,
+        tenant=tenant,
+        attempts=attempts,
+        traceparent=traceparent,
+    )
+    attributes["datacontenttype"] = "application/json"
+    body = {
+        "error": {"kind": kind.value, "message": message, "status": status},
+        "event": structured_dict(original),
+    }
+    return CloudEvent(attributes, json.dumps(body, separators=(",", ":")).encode())

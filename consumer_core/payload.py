@@ -1,0 +1,96 @@
+"""Per-message checks before a task is admitted: its tenant and its schema."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+
+from consumer_core.config.model import PipelineConfig, TenantFrom
+from consumer_core.contracts import Delivery
+from consumer_core.events import CloudEvent, decode_data
+
+__all__ = ["DEFAULT_TENANT", "PayloadChecks", "json_path"]
+
+DEFAULT_TENANT = "default"
+
+
+def json_path(document: Any, path: str) -> Any:
+    """Follow ``$.a.b`` into a JSON value; ``None`` where it leads nowhere."""
+    value = document
+    for part in path.removeprefix("$").strip(".").split("."):
+        if not part:
+            continue
+        if isinstance(value, Mapping):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, candidate in headers.items():
+        if key.lower() == lowered:
+            return candidate
+    return None
+
+
+class PayloadChecks:
+    """Tenant extraction and payload schema validation for one pipeline."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.tenant_spec = config.tenant
+        self.validator: jsonschema.protocols.Validator | None = None
+        if config.schema is not None:
+            document = json.loads(config.schema.read_text())
+            cls = jsonschema.validators.validator_for(document)
+            self.validator = cls(document, format_checker=cls.FORMAT_CHECKER)
+
+    def tenant(self, delivery: Delivery, event: CloudEvent) -> str:
+        spec = self.tenant_spec
+        if spec is None:
+            return DEFAULT_TENANT
+        value: Any = None
+        if spec.source is TenantFrom.HEADER and spec.name:
+            value = _header(delivery.headers, spec.name)
+            if value is None:
+                value = event.get_attributes().get(spec.name.lower().replace("-", ""))
+        elif spec.source is TenantFrom.KEY:
+            value = delivery.key
+        elif spec.source is TenantFrom.JSON and spec.path:
+            value = json_path(decode_data(event), spec.path)
+        if value is None or value == "":
+            return DEFAULT_TENANT
+        return str(value)
+
+    def schema_problem(self, event: CloudEvent) -> str | None:
+        """Why the payload fails the pipeline's schema, or ``None`` if it passes."""
+        if self.validator is None:
+            return None
+        data = decode_data(event)
+        if isinstance(data, bytes | str) and not _is_json_text(event):
+            return "payload is not JSON"
+        error = jsonschema.exceptions.best_match(self.validator.iter_errors(data))
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path)
+        return f"payload fails schema at '{where or '$'}': {error.message}"
+
+
+def _is_json_text(event: CloudEvent) -> bool:
+    data = event.get_data()
+    if not isinstance(data, bytes):
+        return False
+    try:
+        json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True

@@ -1,0 +1,103 @@
+"""All pipelines of one file, their shared resources, the server, and shutdown.
+
+Shutdown (SIGTERM/SIGINT, or ``stop()``): every pipeline stops taking messages, drains
+in-flight work within ``shutdown_timeout``, hands back what did not finish, commits
+what did; then the server stops and the store is flushed and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from connectors import load_source
+from connectors.function import HttpTarget
+from consumer_core.admin.app import AdminServer
+from consumer_core.admin.metrics import Metrics
+from consumer_core.config.model import BridgeConfig, PipelineConfig
+from consumer_core.contracts import Resources, Sink
+from consumer_core.pipeline import Pipeline, run_pipeline
+from consumer_core.store.base import open_store
+from consumer_core.store.sqlite import SqliteDatabases
+from sinks import load_sink
+
+__all__ = ["Runner"]
+
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    """Builds and runs everything a ``BridgeConfig`` describes."""
+
+    def __init__(self, config: BridgeConfig, *, base_dir: Path | None = None) -> None:
+        self.config = config
+        self.base_dir = base_dir or Path.cwd()
+        databases = SqliteDatabases()
+        self.resources = Resources(
+            metrics=Metrics(),
+            store=open_store(config.state.url, self.base_dir, databases),
+            base_dir=self.base_dir,
+            state_url=config.state.url,
+            databases=databases,
+        )
+        self.pipelines: dict[str, Pipeline] = {}
+        self.server = AdminServer(self, config.server)
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def _build(self, pc: PipelineConfig) -> Pipeline:
+        res = self.resources
+        source_cls = load_source(pc.source.type, f"pipelines[{pc.name}].source")
+        source = source_cls.from_config(pc.name, pc.source, res)
+
+        def sinks(specs: Sequence[Any]) -> list[Sink]:
+            return [load_sink(s.type, s.path).from_config(s, res) for s in specs]
+
+        return Pipeline(
+            pc,
+            source=source,
+            target=HttpTarget(pc.target, pool_size=pc.concurrency.max),
+            on_success=sinks(pc.on_success),
+            on_failure=sinks(pc.on_failure),
+            resources=res,
+            shutdown_timeout=self.config.shutdown_timeout,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        await self.resources.store.open()
+        for pc in self.config.pipelines:
+            self.pipelines[pc.name] = self._build(pc)
+        await self.server.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for pipeline in self.pipelines.values():
+                    group.create_task(run_pipeline(pipeline), name=f"pipeline:{pipeline.name}")
+                self.started.set()
+                log.info(
+                    "bridge running %d pipeline(s); admin API on http://%s:%d",
+                    len(self.pipelines),
+                    self.server.host,
+                    self.server.port,
+                )
+                await self._stop.wait()
+                log.info("shutting down: draining in-flight work")
+                for pipeline in self.pipelines.values():
+                    pipeline.stop()
+        finally:
+            await self.server.stop()
+            await self.resources.store.close()
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        log.info("bridge stopped")

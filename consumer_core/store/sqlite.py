@@ -1,0 +1,297 @@
+"""SQLite: the embedded default for task state and the embedded queue.
+
+One connection per database file, owned by one dedicated thread (sqlite3 objects must
+stay on the thread that made them). Writes are group-committed: everything queued
+while the previous transaction ran goes into the next one, so throughput grows with
+load instead of paying one fsync per message. The journal is WAL with
+``synchronous=NORMAL``: a committed write survives the process being killed
+(``kill -9``); a power cut may lose the last few transactions (see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from consumer_core.errors import StoreError
+from consumer_core.store.base import TaskQuery
+from consumer_core.tasks import TERMINAL, TaskRecord
+
+__all__ = ["SqliteDatabase", "SqliteDatabases", "SqliteTaskStore"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Write = Callable[[sqlite3.Connection], object]
+
+
+class SqliteDatabase:
+    """A SQLite file behind one thread, with group-committed writes.
+
+    ``run(fn)`` runs ``fn(connection)`` on the database thread and returns its result.
+    ``write(fn)`` queues ``fn`` for the next transaction; the returned future resolves
+    once that transaction committed (or carries the error that rolled it back).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Write, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._users = 0
+
+    async def open(self) -> None:
+        self._users += 1
+        if self._conn is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            return conn
+
+        self._conn = await self._call(connect)
+        self._writer = asyncio.create_task(self._write_loop(), name=f"sqlite-writer:{self.path}")
+
+    async def close(self) -> None:
+        self._users -= 1
+        if self._users > 0 or self._conn is None:
+            return
+        while self._pending:
+            await asyncio.sleep(0.001)
+            self._wake.set()
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        conn, self._conn = self._conn, None
+        await self._call(conn.close)
+        self._executor.shutdown(wait=True)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"database {self.path} is not open")
+        try:
+            return await self._call(lambda: fn(conn))
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading {self.path}: {exc}") from exc
+
+    def write(self, fn: Write) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, future))
+        self._wake.set()
+        return future
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            writes = [fn for fn, _ in batch]
+            try:
+                await self.run(lambda conn, writes=writes: _apply(conn, writes))
+            except StoreError as exc:
+                log.error("sqlite write to %s failed: %s", self.path, exc)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+
+def _apply(conn: sqlite3.Connection, writes: Sequence[Write]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for write in writes:
+            write(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    state TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    received REAL,
+    finished REAL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_pipeline_state ON tasks (pipeline, state, id);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished);
+"""
+
+_UPSERT = (
+    "INSERT INTO tasks (id, pipeline, state, tenant, received, finished, doc) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+    "state=excluded.state, tenant=excluded.tenant, received=excluded.received, "
+    "finished=excluded.finished, doc=excluded.doc"
+)
+
+
+def _row(record: TaskRecord) -> tuple[Any, ...]:
+    doc = record.to_json()
+    if record.event is not None:
+        doc["event"] = record.event
+    # Only tasks delivered in a final state count as finished (dedup relies on it).
+    finished = record.delivered if record.state in TERMINAL else None
+    return (
+        record.id,
+        record.pipeline,
+        record.state.value,
+        record.tenant,
+        record.received,
+        finished,
+        json.dumps(doc, separators=(",", ":")),
+    )
+
+
+class SqliteTaskStore:
+    """Task records in SQLite, write-behind with group commit (see ``TaskStore``)."""
+
+    def __init__(self, db: SqliteDatabase, *, flush_interval: float = 0.02) -> None:
+        self.db = db
+        self.flush_interval = flush_interval
+        self._dirty: dict[str, TaskRecord] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()
+        self._last_flush: asyncio.Future[None] | None = None
+
+    async def open(self) -> None:
+        await self.db.open()
+        await self.db.run(lambda conn: conn.executescript(_SCHEMA))
+        self._flusher = asyncio.create_task(self._flush_loop(), name="task-store-flush")
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self.db.close()
+
+    def save(self, record: TaskRecord) -> None:
+        self._dirty[record.id] = record
+        if len(self._dirty) >= 2000:
+            self._kick.set()
+
+    def _flush_now(self) -> asyncio.Future[None]:
+        if not self._dirty:
+            return self._last_flush or _done()
+        rows = [_row(r) for r in self._dirty.values()]
+        self._dirty = {}
+        self._last_flush = self.db.write(lambda conn: conn.executemany(_UPSERT, rows))
+        return self._last_flush
+
+    async def flush(self) -> None:
+        await self._flush_now()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.flush_interval)
+            self._kick.clear()
+            try:
+                await self._flush_now()
+            except StoreError:
+                continue  # logged by the writer; the records are rewritten next time they move
+
+    async def finished(self, ids: Sequence[str], *, since: float) -> set[str]:
+        if not ids:
+            return set()
+        wanted = list(ids)
+
+        def select(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT id FROM tasks WHERE id IN ({marks}) AND finished >= ?"
+                found.update(row[0] for row in conn.execute(sql, [*chunk, since]))
+            return found
+
+        return await self.db.run(select)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        live = self._dirty.get(task_id)
+        if live is not None:
+            return live
+        rows = await self.db.run(
+            lambda conn: conn.execute("SELECT doc FROM tasks WHERE id = ?", (task_id,)).fetchall()
+        )
+        return TaskRecord.from_json(json.loads(rows[0][0])) if rows else None
+
+    async def query(self, query: TaskQuery) -> list[TaskRecord]:
+        await self.flush()
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("pipeline", query.pipeline),
+            ("state", query.state.value if query.state else None),
+            ("tenant", query.tenant),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.received_from is not None:
+            clauses.append("received >= ?")
+            params.append(query.received_from)
+        if query.received_to is not None:
+            clauses.append("received < ?")
+            params.append(query.received_to)
+        if query.after is not None:
+            clauses.append("id > ?")
+            params.append(query.after)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT doc FROM tasks {where} ORDER BY id LIMIT ?"
+        params.append(query.limit)
+        rows = await self.db.run(lambda conn: conn.execute(sql, params).fetchall())
+        return [TaskRecord.from_json(json.loads(row[0])) for row in rows]
+
+    async def purge(self, *, finished_before: float) -> int:
+        count: list[int] = []
+        await self.db.write(
+            lambda conn: count.append(
+                conn.execute("DELETE FROM tasks WHERE finished < ?", (finished_before,)).rowcount
+            )
+        )
+        return count[0] if count else 0
+
+
+def _done() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+class SqliteDatabases:
+    """One ``SqliteDatabase`` per file, shared by the task store and embedded queues."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[Path, SqliteDatabase] = {}
+
+    def get(self, path: Path) -> SqliteDatabase:
+        key = path.resolve()
+        if key not in self._by_path:
+            self._by_path[key] = SqliteDatabase(key)
+        return self._by_path[key]

@@ -1,0 +1,124 @@
+"""``type: webhook``: POST each result event to a URL.
+
+Structured mode (default) posts one ``application/cloudevents+json`` document;
+``binary`` posts ``ce-*`` headers with the data as the body (the SDK's HTTP binding).
+With ``secret`` every request is signed (``sinks.signing``). Any non-2xx answer or
+connection error fails the event; the core retries it, and the source message stays
+unacked meanwhile. Events sharing a ``partitionkey`` are posted one after the other,
+in order; different keys are posted concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Self
+
+import aiohttp
+from cloudevents.core.bindings import http as ce_http
+
+from consumer_core.config.model import ComponentSpec
+from consumer_core.contracts import Resources
+from consumer_core.errors import PartialFailure, SinkError
+from consumer_core.events import JSON_FORMAT, CloudEvent, partition_key, structured_bytes
+from sinks.signing import SIGNATURE_HEADER, sign
+
+__all__ = ["WebhookSink"]
+
+
+class WebhookSink:
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        mode: str = "structured",
+        headers: dict[str, str] | None = None,
+        secret: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.mode = mode
+        self.headers = dict(headers or {})
+        self.secret = secret or None
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_config(cls, spec: ComponentSpec, res: Resources) -> Self:
+        o = spec.options
+        return cls(
+            name=spec.path,
+            url=o["url"],
+            mode=o.get("mode", "structured"),
+            headers=dict(o.get("headers", {})),
+            secret=o.get("secret"),
+            timeout=float(o.get("timeout", 10.0)),
+        )
+
+    def __repr__(self) -> str:
+        return f"WebhookSink(url={self.url!r}, mode={self.mode!r}, secret=<redacted>)"
+
+    async def connect(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(limit=64),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _encode(self, event: CloudEvent) -> tuple[dict[str, str], bytes]:
+        if self.mode == "binary":
+            message = ce_http.to_binary(event, JSON_FORMAT)
+            headers, body = dict(message.headers), message.body
+        else:
+            headers, body = (
+                {"Content-Type": "application/cloudevents+json"},
+                structured_bytes(event),
+            )
+        headers.update(self.headers)
+        if self.secret:
+            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+        return headers, body
+
+    async def _post(self, event: CloudEvent) -> str | None:
+        """Post one event; return why it failed, or ``None``."""
+        assert self._session is not None, "emit() before connect()"
+        headers, body = self._encode(event)
+        try:
+            async with self._session.post(self.url, data=body, headers=headers) as response:
+                await response.read()
+                if 200 <= response.status < 300:
+                    return None
+                return f"HTTP {response.status}"
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    async def _post_chain(self, chain: list[CloudEvent], failures: dict[str, str]) -> None:
+        for index, event in enumerate(chain):
+            error = await self._post(event)
+            if error is not None:
+                # Later events of the same key must not overtake this one.
+                for rest in chain[index:]:
+                    failures[str(rest.get_id())] = error
+                return
+
+    async def emit(self, events: Sequence[CloudEvent]) -> None:
+        chains: dict[object, list[CloudEvent]] = {}
+        for event in events:
+            key = partition_key(event)
+            chains.setdefault(key if key is not None else object(), []).append(event)
+        failures: dict[str, str] = {}
+        await asyncio.gather(*(self._post_chain(chain, failures) for chain in chains.values()))
+        if not failures:
+            return
+        first = next(iter(failures.values()))
+        if len(failures) == len(events):
+            raise SinkError(f"webhook {self.url}: {first}")
+        raise PartialFailure(f"webhook {self.url}: {len(failures)} failed ({first})", failures)

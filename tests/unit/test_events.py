@@ -1,0 +1,93 @@
+import json
+
+import pytest
+
+from consumer_core.events import (
+    failed_event,
+    from_http,
+    structured_dict,
+    succeeded_event,
+    wrap,
+)
+from consumer_core.outcome import ErrorKind
+
+
+def test_binary_http_event_keeps_body_bytes_and_attributes():
+    headers = {
+        "ce-id": "e1",
+        "ce-source": "/shop",
+        "ce-type": "order.created",
+        "ce-specversion": "1.0",
+        "ce-partitionkey": "cust-7",
+        "content-type": "application/json",
+    }
+    event = from_http(headers, b'{"a": [1, "x"]}')
+    assert event is not None
+    assert event.get_id() == "e1"
+    assert event.get_data() == b'{"a": [1, "x"]}'
+    assert event.get_attributes()["partitionkey"] == "cust-7"
+
+
+def test_structured_http_event_round_trips_json_data():
+    doc = {"specversion": "1.0", "id": "e2", "source": "/s", "type": "t", "data": ["a", 1]}
+    event = from_http({"content-type": "application/cloudevents+json"}, json.dumps(doc).encode())
+    assert event is not None
+    assert structured_dict(event)["data"] == ["a", 1]
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"[]", b'{"id": "x"}', b'{"specversion": "1.0", "id": "", "source": "s"}']
+)
+def test_malformed_structured_event_is_a_value_error(body):
+    with pytest.raises(ValueError):  # noqa: PT011
+        from_http({"content-type": "application/cloudevents+json"}, body)
+
+
+def test_plain_body_is_not_a_cloudevent():
+    assert from_http({"content-type": "application/json"}, b"{}") is None
+
+
+def test_binary_payload_goes_base64_in_structured_form():
+    event = wrap(b"\xff\x00", event_id="i", source="/q")
+    assert structured_dict(event)["data_base64"] == "/wA="
+
+
+def test_result_events_follow_the_spec():
+    original = wrap(
+        b'{"n": 1}',
+        event_id="orig-1",
+        source="/q",
+        content_type="application/json",
+        extensions={"partitionkey": "k1"},
+    )
+    ok = succeeded_event(
+        pipeline="orders",
+        original=original,
+        tenant="acme",
+        attempts=2,
+        traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        data=b'{"done": true}',
+        content_type="application/json",
+    )
+    doc = structured_dict(ok)
+    assert doc["type"] == "bridge.task.succeeded"
+    assert doc["source"] == "/bridge/pipelines/orders"
+    assert doc["subject"] == "orig-1"
+    assert doc["tenant"] == "acme" and doc["attempts"] == 2
+    assert doc["traceparent"].startswith("00-aaaa")
+    assert doc["data"] == {"done": True}
+    assert doc["id"] != "orig-1"
+
+    bad = failed_event(
+        pipeline="orders",
+        original=original,
+        tenant="acme",
+        attempts=5,
+        traceparent=None,
+        kind=ErrorKind.SERVER_ERROR,
+        message="HTTP 500",
+        status=500,
+    )
+    data = structured_dict(bad)["data"]
+    assert data["error"] == {"kind": "server_error", "message": "HTTP 500", "status": 500}
+    assert data["event"]["id"] == "orig-1" and data["event"]["data"] == {"n": 1}
