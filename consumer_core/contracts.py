@@ -63,6 +63,7 @@ class Delivery:
         "partition",
         "raw",
         "received_at",
+        "revoked",
         "settled",
     )
 
@@ -88,6 +89,9 @@ class Delivery:
         self.decode_error = decode_error
         self.received_at = time.time()
         self.settled: str | None = None
+        self.revoked = False
+        """Set by the connector when the message is no longer ours (a Kafka partition
+        was revoked): the core drops its task without invoking or settling it."""
 
     async def ack(self) -> None:
         if self.settled is None:

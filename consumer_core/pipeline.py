@@ -339,7 +339,21 @@ class Pipeline:
                     continue
             batch_open = None
             batch = [self.ready.popleft() for _ in range(min(self.per_request, len(self.ready)))]
-            self._start(batch)
+            batch = [task for task in batch if not self._dropped_if_revoked(task)]
+            if batch:
+                self._start(batch)
+
+    def _dropped_if_revoked(self, task: Task) -> bool:
+        """Forget a task whose message the source took back (rebalance): the next owner
+        of the partition processes it. True if it was dropped."""
+        if not task.deliveries[0].revoked:
+            return False
+        self.live.pop(task.record.id, None)
+        following = self.gates.release(task.gate)
+        if following is not None:
+            self._enqueue(following)
+        self._room.set()
+        return True
 
     def _start(self, batch: list[Task]) -> None:
         wall = time.time()
@@ -437,7 +451,7 @@ class Pipeline:
 
     def _retry_due(self, task: Task) -> None:
         task.retry_handle = None
-        if task.cancelled or self.stopping:
+        if task.cancelled or self.stopping or self._dropped_if_revoked(task):
             return
         if self.paused:
             self._move(task, TaskState.PAUSED)

@@ -25,7 +25,7 @@ class RetryPolicy:
 
     def next_delay(self, attempt: int, rng: random.Random) -> float:
         """Delay before attempt ``attempt + 1``, after ``attempt`` (>= 1) failed."""
-        base = min(self.max_backoff, self.initial_backoff * (2 ** min(attempt - 1, 62)))
+        base = min(self.max_backoff, self.initial_backoff * (2.0 ** min(attempt - 1, 62)))
         return base / 2 + rng.random() * base / 2
 
     def should_retry(self, *, attempt: int, age: float, delay: float) -> bool:

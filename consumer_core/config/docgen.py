@@ -49,6 +49,8 @@ class _Renderer:
         self.lines: list[str] = []
         self.anchors: dict[int, str] = {}
         """id() of an object schema already documented (or queued) → its anchor."""
+        self.paths: dict[str, list[str]] = {}
+        """Anchor → every path that holds that object (sinks sit in two lists)."""
 
     def resolve(self, sub: _Schema) -> _Schema:
         """``sub`` merged over the definition its ``$ref`` points to."""
@@ -91,7 +93,9 @@ class _Renderer:
             return "duration"
         kind = p.get("type")
         if kind == "array":
-            return f"list of {self.type_of(p.get('items', {}), link)}"
+            if link is not None:
+                return f"list of mappings, see [below](#{link})"
+            return f"list of {self.type_of(p.get('items', {}))}"
         if kind == "object":
             if link is not None:
                 return f"mapping, see [below](#{link})"
@@ -110,14 +114,21 @@ class _Renderer:
             notes.append("not empty")
         return f" ({', '.join(notes)})" if notes else ""
 
-    def table(self, sub: _Schema, path: str, queue: list[tuple[_Schema, str]]) -> None:
-        required = set(sub.get("required", ()))
+    def table(
+        self,
+        sub: _Schema,
+        path: str,
+        queue: list[tuple[_Schema, str]],
+        required: Sequence[str] = (),
+    ) -> None:
+        required = {*required, *sub.get("required", ())}
         self.lines += ["| Key | Type | Default | Description |", "|---|---|---|---|"]
         for name, prop in sub.get("properties", {}).items():
             child = self._nested(prop, f"{path}.{name}" if path else name)
             link = None
             if child is not None:
                 link = self.anchors.setdefault(id(child[0]), _slug(child[1]))
+                self.paths.setdefault(link, []).append(child[1])
                 if link == _slug(child[1]):
                     queue.append(child)
             if name in required:
@@ -129,7 +140,8 @@ class _Renderer:
         self.lines.append("")
 
     def section(self, sub: _Schema, path: str) -> None:
-        title = f"{sub['title']} (`{path}`)" if "title" in sub else f"`{path}`"
+        where = ", ".join(f"`{p}`" for p in self.paths.get(_slug(path), [path]))
+        title = f"{sub['title']} ({where})" if "title" in sub else where
         self.lines += [f'<a id="{_slug(path)}"></a>', "", f"## {title}", ""]
         if "description" in sub:
             self.lines += [sub["description"], ""]
@@ -152,7 +164,7 @@ class _Renderer:
             self.lines += [f'<a id="{_slug(path)}-{name}"></a>', "", f"### `type: {name}`", ""]
             if "description" in kind:
                 self.lines += [kind["description"], ""]
-            self.table(kind, path, queue)
+            self.table(kind, path, queue, sub.get("required", ()))
 
 
 def _kinds(sub: _Schema) -> list[tuple[str, _Schema]]:

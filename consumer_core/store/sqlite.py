@@ -104,8 +104,12 @@ class SqliteDatabase:
             if not batch:
                 continue
             writes = [fn for fn, _ in batch]
+
+            def apply(conn: sqlite3.Connection, writes: list[Write] = writes) -> None:
+                _apply(conn, writes)
+
             try:
-                await self.run(lambda conn, writes=writes: _apply(conn, writes))
+                await self.run(apply)
             except StoreError as exc:
                 log.error("sqlite write to %s failed: %s", self.path, exc)
                 for _, future in batch:
