@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Clock",
     "Delivery",
+    "FollowsWindow",
     "Intake",
     "Pausable",
     "ReportsLag",
@@ -141,6 +142,17 @@ class Pausable(Protocol):
     async def pause(self) -> None: ...
 
     async def resume(self) -> None: ...
+
+
+@runtime_checkable
+class FollowsWindow(Protocol):
+    """A source that sizes its broker-side prefetch to the core's AIMD window.
+
+    ``window_changed`` is called at start and whenever the window moves, with the
+    number of messages the core may have in flight (window x events per request).
+    """
+
+    def window_changed(self, messages: int) -> None: ...
 
 
 class Target(Protocol):

@@ -28,7 +28,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from consumer_core.config.model import Ordering, PipelineConfig, TargetMode
-from consumer_core.contracts import Delivery, Pausable, ReportsLag, Resources, Sink, Source, Target
+from consumer_core.contracts import (
+    Delivery,
+    FollowsWindow,
+    Pausable,
+    ReportsLag,
+    Resources,
+    Sink,
+    Source,
+    Target,
+)
 from consumer_core.delivery import ResultDelivery
 from consumer_core.errors import FatalClientError, IllegalTransition, NotConnected
 from consumer_core.events import CloudEvent, failed_event, succeeded_event, wrap
@@ -144,6 +153,7 @@ class Pipeline:
     async def run(self) -> None:
         """Connect, then run the loops until ``stop`` drained the pipeline."""
         await self._connect()
+        self._tell_source_window()
         await self.results.connect()
         start = getattr(self.target, "start", None)
         if start is not None:
@@ -416,6 +426,11 @@ class Pipeline:
             direction = "up" if self.window.limit > before else "down"
             self.res.metrics.window_changes.labels(self.name, "shared", direction).inc()
             self.m_limit.set(self.window.limit)
+            self._tell_source_window()
+
+    def _tell_source_window(self) -> None:
+        if isinstance(self.source, FollowsWindow):
+            self.source.window_changed(self.window.limit * self.per_request)
 
     def _settle_attempt(self, task: Task, outcome: Outcome) -> None:
         if task.cancelled:

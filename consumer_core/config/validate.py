@@ -132,11 +132,11 @@ def _expected(types: str | list[str]) -> str:
 
 def _type_message(error: Any, path: JsonPath, show: Show) -> str:
     value = error.instance
-    if error.schema.get("format") == "duration" and not isinstance(value, dict | list):
-        return f"{show(path, value)} is not a duration"
+    duration = error.schema.get("format") == "duration"
     if value is None or isinstance(value, dict | list):
-        return f"expected {_expected(error.validator_value)}, got {_kind(value)}"
-    return f"{show(path, value)} is not {_expected(error.validator_value)}"
+        wanted = "a duration" if duration else _expected(error.validator_value)
+        return f"expected {wanted}, got {_kind(value)}"
+    return f"{show(path, value)} is not {'a duration' if duration else _expected(error.validator_value)}"
 
 
 def _render(error: Any, show: Show) -> Iterator[Issue]:
