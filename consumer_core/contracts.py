@@ -50,6 +50,8 @@ class Delivery:
     * ``ack()`` -- the message is done: never deliver it again.
     * ``nack(delay)`` -- hand it back for redelivery (after ``delay`` seconds if the
       source can delay).
+    * ``reject()`` -- it failed for good and ``on_failure`` has its result: dead-letter
+      it where the source can, else ack it.
 
     Connectors subclass this and implement ``_ack``/``_nack``.
     """
@@ -103,6 +105,19 @@ class Delivery:
         if self.settled is None:
             self.settled = "nack"
             await self._nack(delay)
+
+    async def reject(self) -> None:
+        """The message failed for good and its failure result reached ``on_failure``.
+
+        Sources with a dead-letter path (RabbitMQ DLX, SQS redrive) override
+        ``_reject``; by default a rejected message is simply acked.
+        """
+        if self.settled is None:
+            self.settled = "reject"
+            await self._reject()
+
+    async def _reject(self) -> None:
+        await self._ack()
 
     async def _ack(self) -> None:
         raise NotImplementedError

@@ -128,8 +128,13 @@ class ResultDelivery:
             store.save(record)
         await store.flush()
         for task in batch:
-            for delivery in task.deliveries:
-                await delivery.ack()
+            first, *copies = task.deliveries
+            if task.record.state is TaskState.SUCCEEDED:
+                await first.ack()
+            else:
+                await first.reject()
+            for copy in copies:
+                await copy.ack()
             self._observe(task)
             self.pipeline.settled(task)
 

@@ -119,9 +119,9 @@ class _Renderer:
         sub: _Schema,
         path: str,
         queue: list[tuple[_Schema, str]],
-        required: Sequence[str] = (),
+        also_required: Sequence[str] = (),
     ) -> None:
-        required = {*required, *sub.get("required", ())}
+        required = {*also_required, *sub.get("required", ())}
         self.lines += ["| Key | Type | Default | Description |", "|---|---|---|---|"]
         for name, prop in sub.get("properties", {}).items():
             child = self._nested(prop, f"{path}.{name}" if path else name)

@@ -26,7 +26,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from jsonschema import (  # type: ignore[import-untyped]
+from jsonschema import (
     Draft202012Validator,
     FormatChecker,
     SchemaError,
@@ -76,7 +76,7 @@ def schema() -> dict[str, Any]:
 
 
 @functools.cache
-def _validator() -> Any:
+def _validator() -> Draft202012Validator:
     checker = FormatChecker(formats=())
     checker.checks("duration")(_duration_format)
     return Draft202012Validator(schema(), format_checker=checker)
@@ -132,11 +132,11 @@ def _expected(types: str | list[str]) -> str:
 
 def _type_message(error: Any, path: JsonPath, show: Show) -> str:
     value = error.instance
-    duration = error.schema.get("format") == "duration"
+    is_duration = error.schema.get("format") == "duration"
+    wanted = "a duration" if is_duration else _expected(error.validator_value)
     if value is None or isinstance(value, dict | list):
-        wanted = "a duration" if duration else _expected(error.validator_value)
         return f"expected {wanted}, got {_kind(value)}"
-    return f"{show(path, value)} is not {'a duration' if duration else _expected(error.validator_value)}"
+    return f"{show(path, value)} is not {wanted}"
 
 
 def _render(error: Any, show: Show) -> Iterator[Issue]:
@@ -302,7 +302,9 @@ def _schema_file(where: JsonPath, value: object, base_dir: Path, show: Show) -> 
     except json.JSONDecodeError as exc:
         yield Issue(where, f"schema file {shown} is not valid JSON: {exc.msg} (line {exc.lineno})")
         return
-    if not isinstance(document, dict | bool):
+    if isinstance(document, bool):
+        return
+    if not isinstance(document, dict):
         yield Issue(where, f"schema file {shown} is not a JSON Schema (expected an object)")
         return
     try:
