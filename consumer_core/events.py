@@ -107,10 +107,12 @@ def from_http(headers: Mapping[str, str], body: bytes) -> CloudEvent | None:
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     if any(k.startswith("ce-") for k in lowered):
-        attributes = dict(
-            ce_http.from_binary(ce_http.HTTPMessage(lowered, b""), JSON_FORMAT).get_attributes()
-        )
-        return CloudEvent(attributes, body or None)
+        try:
+            message = ce_http.HTTPMessage(lowered, b"")
+            attributes = dict(ce_http.from_binary(message, JSON_FORMAT).get_attributes())
+            return CloudEvent(attributes, body or None)
+        except Exception as exc:  # the SDK's validation errors share no base class
+            raise ValueError(f"not a valid CloudEvent: {exc}") from exc
     if lowered.get("content-type", "").startswith("application/cloudevents+json"):
         return from_structured_bytes(body)
     return None

@@ -175,8 +175,8 @@ class _Tree:
             return node.value
         try:
             return self._constructor.construct_object(node)
-        except ConstructorError as exc:
-            self.problems.append((Issue(path, str(exc.problem)), None))
+        except ConstructorError:
+            self._fail(path, f"unsupported YAML tag {node.tag!r}")
             return node.value
 
     def _substitute(self, text: str, path: JsonPath) -> str:
@@ -238,7 +238,10 @@ def load_config_text(
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         reason = exc.problem or exc.context or "cannot be parsed"
-        raise ConfigError([ConfigProblem(file, line, "", f"invalid YAML: {reason}")]) from None
+        if exc.problem and exc.context and not exc.context.startswith("while"):
+            reason = f"{exc.context}, {exc.problem}"  # "expected a single document ..."
+        message = f"invalid YAML: {reason}{_flow_hint(text, line)}"
+        raise ConfigError([ConfigProblem(file, line, "", message)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigProblem(file, None, "", f"invalid YAML: {exc}")]) from None
     tree = _Tree(os.environ if env is None else env)
@@ -257,6 +260,14 @@ def load_config_text(
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path, p.message)))
     return _build(data, Path(file), base)
+
+
+def _flow_hint(text: str, line: int | None) -> str:
+    """``{url: ${X}}`` is not YAML: ``{`` ends a plain scalar inside ``{...}``/``[...]``."""
+    rows = text.splitlines()
+    if line is None or not 0 < line <= len(rows) or "${" not in rows[line - 1]:
+        return ""
+    return ' (inside {...} or [...], quote "${VAR}" or use block style)'
 
 
 def _line(lines: Mapping[JsonPath, int], path: JsonPath) -> int | None:

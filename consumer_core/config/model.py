@@ -66,6 +66,17 @@ class TenantFrom(StrEnum):
     """A JSON path (``$.a.b``) into the payload."""
 
 
+_SECRET_WORDS = ("secret", "token", "password", "authorization", "sasl", "key")
+
+
+def _redacted(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy safe to log: values under secret-looking names are hidden."""
+    return {
+        k: "<redacted>" if any(w in k.lower() for w in _SECRET_WORDS) else v
+        for k, v in values.items()
+    }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ComponentSpec:
     """A source or sink: its ``type`` and every other key, defaults filled in.
@@ -78,6 +89,15 @@ class ComponentSpec:
     options: Mapping[str, Any]
     path: str
 
+    def __repr__(self) -> str:
+        options = dict(self.options)
+        for name in ("settings", "headers"):
+            if isinstance(options.get(name), Mapping):
+                options[name] = _redacted(options[name])
+        return (
+            f"ComponentSpec(type={self.type!r}, options={_redacted(options)!r}, path={self.path!r})"
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TargetSpec:
@@ -88,6 +108,13 @@ class TargetSpec:
     batch_max_events: int = 100
     batch_max_wait: float = 0.02
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"TargetSpec(url={self.url!r}, timeout={self.timeout}, mode={self.mode.value!r}, "
+            f"batch_max_events={self.batch_max_events}, batch_max_wait={self.batch_max_wait}, "
+            f"headers={_redacted(self.headers)!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,8 @@ class Call:
     key: str | None
     data: Any
     headers: dict[str, str]
+    attributes: dict[str, Any] = field(default_factory=dict)
+    """The CloudEvent's attributes (structured and batch modes)."""
     at: float = field(default_factory=time.monotonic)
 
 
@@ -81,7 +83,7 @@ class FunctionServer:
             return await self._batch(json.loads(body), attempt, headers, request)
         if content_type.startswith("application/cloudevents+json"):
             doc = json.loads(body)
-            call = Call(doc["id"], attempt, doc.get("partitionkey"), doc.get("data"), headers)
+            call = Call(doc["id"], attempt, doc.get("partitionkey"), doc.get("data"), headers, doc)
         else:
             try:
                 data: Any = json.loads(body) if body else None
@@ -105,7 +107,7 @@ class FunctionServer:
         results: dict[str, Any] = {}
         delay = 0.0
         for doc in docs:
-            call = Call(doc["id"], attempt, doc.get("partitionkey"), doc.get("data"), headers)
+            call = Call(doc["id"], attempt, doc.get("partitionkey"), doc.get("data"), headers, doc)
             self.calls.append(call)
             reply = self.behaviour(call)
             delay = max(delay, reply.delay)

@@ -1,4 +1,3 @@
-import asyncio
 import json
 
 import aiohttp
@@ -50,7 +49,7 @@ def test_retry_after_seconds_and_http_date():
 
 
 def test_exceptions_become_retryable_outcomes():
-    timeout = classify_exception(asyncio.TimeoutError(), timeout=2.0)
+    timeout = classify_exception(TimeoutError(), timeout=2.0)
     assert (timeout.kind, timeout.error_kind) == (OutcomeKind.RETRYABLE, ErrorKind.TIMEOUT)
     reset = classify_exception(aiohttp.ServerDisconnectedError(), timeout=2.0)
     assert reset.error_kind is ErrorKind.CONNECTION_ERROR
@@ -66,9 +65,11 @@ def test_batch_answer_splits_failed_and_results():
     events = _events("a", "b", "c")
     body = json.dumps({"failed": ["b"], "results": {"a": {"ok": 1}}}).encode()
     a, b, c = batch_outcomes(events, 200, {}, body)
-    assert a.kind is OutcomeKind.SUCCEEDED and json.loads(a.data) == {"ok": 1}
+    assert a.kind is OutcomeKind.SUCCEEDED
+    assert json.loads(a.data) == {"ok": 1}
     assert b.kind is OutcomeKind.RETRYABLE
-    assert c.kind is OutcomeKind.SUCCEEDED and c.data is None
+    assert c.kind is OutcomeKind.SUCCEEDED
+    assert c.data is None
 
 
 def test_batch_answer_empty_means_all_succeeded():

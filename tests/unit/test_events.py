@@ -36,7 +36,8 @@ def test_structured_http_event_round_trips_json_data():
 
 
 @pytest.mark.parametrize(
-    "body", [b"{not json", b"[]", b'{"id": "x"}', b'{"specversion": "1.0", "id": "", "source": "s"}']
+    "body",
+    [b"{not json", b"[]", b'{"id": "x"}', b'{"specversion": "1.0", "id": "", "source": "s"}'],
 )
 def test_malformed_structured_event_is_a_value_error(body):
     with pytest.raises(ValueError):  # noqa: PT011
@@ -73,7 +74,8 @@ def test_result_events_follow_the_spec():
     assert doc["type"] == "bridge.task.succeeded"
     assert doc["source"] == "/bridge/pipelines/orders"
     assert doc["subject"] == "orig-1"
-    assert doc["tenant"] == "acme" and doc["attempts"] == 2
+    assert doc["tenant"] == "acme"
+    assert doc["attempts"] == 2
     assert doc["traceparent"].startswith("00-aaaa")
     assert doc["data"] == {"done": True}
     assert doc["id"] != "orig-1"
@@ -90,4 +92,21 @@ def test_result_events_follow_the_spec():
     )
     data = structured_dict(bad)["data"]
     assert data["error"] == {"kind": "server_error", "message": "HTTP 500", "status": 500}
-    assert data["event"]["id"] == "orig-1" and data["event"]["data"] == {"n": 1}
+    assert data["event"]["id"] == "orig-1"
+    assert data["event"]["data"] == {"n": 1}
+
+
+def test_config_reprs_never_show_secrets():
+    from consumer_core.config.model import ComponentSpec, TargetSpec
+
+    sink = ComponentSpec(
+        type="webhook",
+        options={"url": "http://x", "secret": "s3cr3t", "headers": {"Authorization": "Bearer t0k"}},
+        path="p",
+    )
+    kafka = ComponentSpec(type="kafka", options={"settings": {"sasl.password": "pw123"}}, path="p")
+    target = TargetSpec(url="http://fn", headers={"Authorization": "Bearer abc"})
+    text = repr(sink) + repr(kafka) + repr(target)
+    for secret in ("s3cr3t", "t0k", "pw123", "abc"):
+        assert secret not in text
+    assert "http://x" in text
