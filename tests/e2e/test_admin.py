@@ -29,6 +29,10 @@ pipelines:
 AUTH = {"Authorization": "Bearer t0ken"}
 
 
+async def cli(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, args, **kwargs)  # type: ignore[call-overload]
+
+
 async def test_intake_answers_4xx_for_bad_requests(tmp_path, function_server, bridge_process):
     fn = await function_server().start()
     bridge = bridge_process(CONFIG.format(url=fn.url)).start()
@@ -137,21 +141,22 @@ async def test_tasks_list_filters_and_pages(tmp_path, function_server, bridge_pr
     assert none["tasks"] == []
     assert bridge.get("/v1/tasks?state=bogus")[0] == 400
     # the CLI client shows the same
-    out = subprocess.run(
+    listing = await cli(
         [sys.executable, "-m", "consumer_core", "tasks", "list", "--url", bridge.url, "--json"],
         capture_output=True,
         text=True,
         cwd=ROOT,
         check=True,
-    ).stdout
-    assert len(json.loads(out)["tasks"]) == 7
-    table = subprocess.run(
+    )
+    assert len(json.loads(listing.stdout)["tasks"]) == 7
+    shown = await cli(
         [sys.executable, "-m", "consumer_core", "pipelines", "list", "--url", bridge.url],
         capture_output=True,
         text=True,
         cwd=ROOT,
         check=True,
-    ).stdout
+    )
+    table = shown.stdout
     assert table.splitlines()[0].split()[:3] == ["NAME", "STATE", "SOURCE"]
     assert "jobs" in table
     assert bridge.terminate() == 0
