@@ -27,7 +27,7 @@ from typing import Any, Self
 
 from consumer_core.config.model import ComponentSpec
 from consumer_core.contracts import Delivery, Resources
-from consumer_core.events import CloudEvent, from_structured_bytes, partition_key, structured_bytes
+from consumer_core.events import CloudEvent, attributes_json, from_stored, partition_key
 from consumer_core.store.base import sqlite_path
 from consumer_core.store.sqlite import SqliteDatabase
 
@@ -37,16 +37,20 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embedded_queue (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     pipeline TEXT NOT NULL,
-    body BLOB NOT NULL,
+    attributes TEXT NOT NULL,
+    data BLOB,
     headers TEXT NOT NULL,
     enqueued REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS embedded_queue_pipeline ON embedded_queue (pipeline, seq);
 """
 
-_INSERT = "INSERT INTO embedded_queue (pipeline, body, headers, enqueued) VALUES (?, ?, ?, ?)"
+_INSERT = (
+    "INSERT INTO embedded_queue (pipeline, attributes, data, headers, enqueued) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
 
-Row = tuple[int, bytes, str]
+Row = tuple[int, str, bytes | None, str]
 
 
 class EmbeddedDelivery(Delivery):
@@ -111,9 +115,14 @@ class EmbeddedSource:
 
     async def submit(self, event: CloudEvent, headers: Mapping[str, str]) -> None:
         """Store ``event`` durably; returns once committed."""
-        body = structured_bytes(event)
-        kept = json.dumps(dict(headers))
-        row = (self.pipeline, body, kept, time.time())
+        data = event.get_data()
+        row = (
+            self.pipeline,
+            attributes_json(event),
+            data if isinstance(data, bytes) or data is None else str(data).encode(),
+            json.dumps(dict(headers)),
+            time.time(),
+        )
         await self.db.write(
             lambda conn: conn.execute(
                 _INSERT,
@@ -147,7 +156,7 @@ class EmbeddedSource:
 
         def select(conn: sqlite3.Connection) -> list[Row]:
             return conn.execute(
-                "SELECT seq, body, headers FROM embedded_queue "
+                "SELECT seq, attributes, data, headers FROM embedded_queue "
                 "WHERE pipeline = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (pipeline, cursor, limit),
             ).fetchall()
@@ -171,9 +180,9 @@ class EmbeddedSource:
         return min((at for at, _ in self._again), default=float("inf"))
 
     def _delivery(self, row: Row) -> Delivery:
-        seq, body, headers = row
+        seq, attributes, data, headers = row
         try:
-            event: CloudEvent | None = from_structured_bytes(body)
+            event: CloudEvent | None = from_stored(attributes, data)
             error = None
         except ValueError as exc:  # only a hand-edited database gets here
             event, error = None, str(exc)
@@ -183,7 +192,7 @@ class EmbeddedSource:
             row,
             event=event,
             event_id=event_id,
-            raw=body,
+            raw=data or b"",
             key=partition_key(event) if event is not None else None,
             partition="queue",
             headers=json.loads(headers),

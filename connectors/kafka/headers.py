@@ -1,0 +1,175 @@
+"""Kafka records <-> CloudEvents, through the cloudevents SDK's Kafka protocol binding.
+
+Reading (``decode_record``), per SPEC section 4:
+
+* binary mode -- any ``ce_`` header: attributes from the headers (``content-type`` is
+  ``datacontenttype``), the record value is the data, kept byte for byte;
+* structured mode -- ``content-type: application/cloudevents+json``: the value is
+  the whole event (JSON payloads are re-encoded to bytes by ``events.normalize``);
+* anything else is wrapped: id ``{topic}/{partition}/{offset}`` (stable across
+  redelivery), source ``kafka://{topic}``, type ``bridge.message``, the value as data,
+  the record's ``content-type`` header (if any) as ``datacontenttype``.
+
+The record key is the ordering key: UTF-8 text, or lowercase hex when it is not UTF-8.
+A record without a key falls back to the CloudEvent's ``partitionkey`` extension; the
+binding puts the key there as well, so events keep it through the pipeline.
+
+A record that claims to be a CloudEvent but is not a valid one is not an exception:
+``DecodedRecord.error`` says why and the core fails it to ``on_failure``.
+
+Writing (``encode_event``) is the binding's binary mode: ``ce_`` headers, the data as
+the value, the ``partitionkey`` extension as the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from cloudevents.core.bindings import kafka as ce_kafka
+
+from consumer_core.events import JSON_FORMAT, CloudEvent, normalize, wrap
+
+__all__ = [
+    "DecodedRecord",
+    "HeaderList",
+    "HeaderValue",
+    "decode_headers",
+    "decode_key",
+    "decode_record",
+    "encode_event",
+]
+
+HeaderValue = str | bytes | None
+HeaderList = Sequence[tuple[str, HeaderValue]] | Mapping[str, HeaderValue]
+"""Record headers as confluent-kafka types them (a list of pairs, repeats allowed, or
+a dict; values may be None)."""
+
+_CE_PREFIX: Final = "ce_"
+_STRUCTURED: Final = "application/cloudevents+json"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRecord:
+    """What the source needs of one record to build a ``Delivery``."""
+
+    event: CloudEvent | None
+    """``None`` when the record claims to be a CloudEvent but is malformed."""
+    event_id: str
+    key: str | None
+    headers: Mapping[str, str]
+    error: str | None = None
+
+
+def decode_key(raw: bytes | str | None) -> str | None:
+    """A record key as text: UTF-8 when it decodes, else lowercase hex."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.hex()
+
+
+def decode_headers(headers: HeaderList | None) -> dict[str, str]:
+    """Headers as text (invalid UTF-8 replaced; a repeated header keeps its last value;
+    a null value becomes the empty string). Names keep their case."""
+    return {name: _as_text(value) for name, value in _pairs(headers)}
+
+
+def _pairs(headers: HeaderList | None) -> Sequence[tuple[str, HeaderValue]]:
+    if not headers:
+        return ()
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return headers
+
+
+def _as_text(value: HeaderValue) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return value.decode("utf-8", "replace")
+
+
+def _raw_headers(headers: HeaderList | None) -> dict[str, bytes]:
+    return {
+        name: value.encode() if isinstance(value, str) else value or b""
+        for name, value in _pairs(headers)
+    }
+
+
+def _mode(raw: Mapping[str, bytes]) -> str | None:
+    structured = False
+    for name, value in raw.items():
+        lowered = name.lower()
+        if lowered.startswith(_CE_PREFIX):
+            return "binary"
+        if lowered == "content-type" and value.startswith(_STRUCTURED.encode()):
+            structured = True
+    return "structured" if structured else None
+
+
+def decode_record(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | str | None,
+    value: bytes | None,
+    headers: HeaderList | None,
+) -> DecodedRecord:
+    """Turn one record into a CloudEvent (see the module docstring). Never raises for
+    a malformed record."""
+    text_key = decode_key(key)
+    text_headers = decode_headers(headers)
+    raw = _raw_headers(headers)
+    body = value or b""
+    fallback_id = f"{topic}/{partition}/{offset}"
+    mode = _mode(raw)
+    if mode is None:
+        event = wrap(
+            body,
+            event_id=fallback_id,
+            source=f"kafka://{topic}",
+            content_type=_header(text_headers, "content-type"),
+            extensions={"partitionkey": text_key} if text_key is not None else None,
+        )
+        return DecodedRecord(event, fallback_id, text_key, text_headers)
+    try:
+        if mode == "binary":
+            # Attributes from the binding; the value stays the data byte for byte.
+            message = ce_kafka.KafkaMessage(headers=raw, key=text_key, value=b"")
+            attributes = dict(ce_kafka.from_kafka(message, JSON_FORMAT).get_attributes())
+            event = CloudEvent(attributes, body or None)
+        else:
+            message = ce_kafka.KafkaMessage(headers=raw, key=text_key, value=body)
+            event = normalize(ce_kafka.from_kafka(message, JSON_FORMAT))
+    except Exception as exc:  # the SDK raises several unrelated types for bad input
+        reason = f"malformed {mode} CloudEvent in {fallback_id}: {type(exc).__name__}: {exc}"
+        return DecodedRecord(None, fallback_id, text_key, text_headers, reason)
+    partition_key = event.get_attributes().get("partitionkey")
+    ordering_key = text_key if text_key is not None else _text(partition_key)
+    return DecodedRecord(event, str(event.get_id()), ordering_key, text_headers)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for candidate, value in headers.items():
+        if candidate.lower() == name:
+            return value or None
+    return None
+
+
+def encode_event(
+    event: CloudEvent,
+) -> tuple[str | bytes | None, bytes, list[tuple[str, HeaderValue]]]:
+    """``(key, value, headers)`` for producing ``event`` in binary mode."""
+    message = ce_kafka.to_binary(event, JSON_FORMAT)
+    headers: list[tuple[str, HeaderValue]] = list(message.headers.items())
+    return message.key, message.value, headers

@@ -1,0 +1,172 @@
+"""Sending events to an AWS batch API (SendMessageBatch, PutEvents), retrying failed entries.
+
+Shared by ``sinks.sqs`` and ``sinks.eventbridge``. Both APIs take at most ten
+entries and 256 KiB per call and answer per entry, so the logic is the same:
+
+* an entry over ``max_bytes`` can never be sent: it is logged at ERROR and dropped
+  (the core retries every ``SinkError`` for ever, so reporting it would stall the
+  pipeline; see docs/connectors/sqs.md);
+* the rest are packed into calls by count and size and sent (one call after the
+  other when ``ordered``, else a few at once);
+* entries refused for a transient reason are sent again, only they, for a few rounds;
+  entries refused for good (the service says the sender is at fault) are logged at
+  ERROR and dropped like oversized ones;
+* what still failed is raised: ``PartialFailure`` naming those event ids, or the
+  call's ``SinkError`` when nothing got through.
+
+When ``ordered``, an event whose key already failed in this call is not sent (it
+would overtake the failed one); it fails with it and is retried after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from consumer_core.errors import PartialFailure, SinkError
+
+__all__ = ["MAX_BATCH_BYTES", "MAX_ENTRIES", "Entry", "EntryFailure", "send_entries"]
+
+log = logging.getLogger(__name__)
+
+MAX_ENTRIES: Final = 10
+MAX_BATCH_BYTES: Final = 256 * 1024
+ROUNDS: Final = 3
+CONCURRENT_CALLS: Final = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One event ready for the API: ``request`` is its entry without the batch ``Id``."""
+
+    event_id: str
+    key: str | None
+    request: dict[str, Any]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFailure:
+    """Why the service refused one entry; ``permanent`` when resending cannot help."""
+
+    reason: str
+    permanent: bool = False
+
+
+SendBatch = Callable[[list[Entry]], Awaitable[dict[str, EntryFailure]]]
+"""Sends one call's entries; returns the failed ones by event id, or raises ``SinkError``."""
+
+
+def pack(entries: Sequence[Entry], *, max_entries: int, max_bytes: int) -> list[list[Entry]]:
+    """Split ``entries`` (in order) into calls of at most ``max_entries`` and ``max_bytes``."""
+    batches: list[list[Entry]] = []
+    current: list[Entry] = []
+    size = 0
+    for entry in entries:
+        if current and (len(current) >= max_entries or size + entry.size > max_bytes):
+            batches.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += entry.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+async def send_entries(
+    sink: str,
+    entries: Sequence[Entry],
+    send: SendBatch,
+    *,
+    ordered: bool,
+    max_entries: int = MAX_ENTRIES,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> None:
+    """Send every entry (see the module docstring); raise for what could not be sent."""
+    pending = [e for e in entries if not _too_large(sink, e, max_bytes)]
+    failures: dict[str, EntryFailure] = {}
+    call_error: SinkError | None = None
+    for attempt in range(ROUNDS):
+        if not pending:
+            return
+        if attempt:
+            await asyncio.sleep(0.1 * attempt)
+        failures, call_error = await _round(pending, send, ordered, max_entries, max_bytes)
+        for entry in pending:
+            failure = failures.get(entry.event_id)
+            if failure is not None and failure.permanent:
+                log.error(
+                    "%s: event %s refused for good, dropped: %s",
+                    sink,
+                    entry.event_id,
+                    failure.reason,
+                )
+        pending = [
+            e for e in pending if e.event_id in failures and not failures[e.event_id].permanent
+        ]
+    if not pending:
+        return
+    if call_error is not None and len(pending) == len(entries):
+        raise call_error
+    first = failures[pending[0].event_id].reason
+    raise PartialFailure(
+        f"{sink}: {len(pending)} of {len(entries)} events not delivered ({first})",
+        [e.event_id for e in pending],
+    )
+
+
+def _too_large(sink: str, entry: Entry, max_bytes: int) -> bool:
+    if entry.size <= max_bytes:
+        return False
+    log.error(
+        "%s: event %s is %d bytes, over the %d-byte limit of one entry; dropped",
+        sink,
+        entry.event_id,
+        entry.size,
+        max_bytes,
+    )
+    return True
+
+
+async def _round(
+    entries: list[Entry], send: SendBatch, ordered: bool, max_entries: int, max_bytes: int
+) -> tuple[dict[str, EntryFailure], SinkError | None]:
+    """Send ``entries`` once; return the failures and the last whole-call error."""
+    failures: dict[str, EntryFailure] = {}
+    errors: list[SinkError] = []
+
+    async def call(batch: list[Entry]) -> None:
+        try:
+            failures.update(await send(batch))
+        except SinkError as exc:
+            errors.append(exc)
+            failures.update({e.event_id: EntryFailure(str(exc)) for e in batch})
+
+    if ordered:
+        failed_keys: dict[str, EntryFailure] = {}
+        for batch in pack(entries, max_entries=max_entries, max_bytes=max_bytes):
+            to_send: list[Entry] = []
+            for entry in batch:
+                if entry.key is not None and entry.key in failed_keys:
+                    failures[entry.event_id] = failed_keys[entry.key]
+                else:
+                    to_send.append(entry)
+            if to_send:
+                await call(to_send)
+            for entry in batch:
+                failure = failures.get(entry.event_id)
+                if entry.key is not None and failure is not None and not failure.permanent:
+                    failed_keys.setdefault(entry.key, failure)
+    else:
+        slots = asyncio.Semaphore(CONCURRENT_CALLS)
+
+        async def bounded(batch: list[Entry]) -> None:
+            async with slots:
+                await call(batch)
+
+        batches = pack(entries, max_entries=max_entries, max_bytes=max_bytes)
+        await asyncio.gather(*(bounded(b) for b in batches))
+    return failures, errors[-1] if errors else None
