@@ -56,7 +56,27 @@ class TaskStore(Protocol):
     async def query(self, query: TaskQuery) -> list[TaskRecord]: ...
 
     async def purge(self, *, finished_before: float) -> int:
-        """Delete finished tasks older than ``finished_before``; return how many."""
+        """Delete finished tasks older than ``finished_before``; return how many.
+
+        Also drops cancel requests older than ``finished_before``."""
+        ...
+
+    # Operator state shared by every instance using this store (SPEC section 6).
+
+    async def set_paused(self, scope: str, paused: bool) -> None:
+        """Mark ``scope`` (a pipeline name, or ``pipeline/tenant``) paused or not."""
+        ...
+
+    async def paused_scopes(self) -> set[str]:
+        """Every scope currently paused."""
+        ...
+
+    async def request_cancel(self, task_ids: Sequence[str], *, at: float) -> None:
+        """Ask whichever instance holds these tasks to cancel them."""
+        ...
+
+    async def cancel_requests(self, *, since: float) -> list[tuple[str, float]]:
+        """Cancel requests made at or after ``since``: ``(task_id, requested_at)``."""
         ...
 
 

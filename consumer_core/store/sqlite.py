@@ -144,6 +144,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_pipeline_state ON tasks (pipeline, state, id);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished);
+CREATE TABLE IF NOT EXISTS paused_scopes (scope TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS cancel_requests (task_id TEXT PRIMARY KEY, requested REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS cancel_requests_requested ON cancel_requests (requested);
 """
 
 _UPSERT = (
@@ -274,12 +277,44 @@ class SqliteTaskStore:
 
     async def purge(self, *, finished_before: float) -> int:
         count: list[int] = []
+
+        def delete(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute("DELETE FROM tasks WHERE finished < ?", (finished_before,))
+            count.append(cursor.rowcount)
+            conn.execute("DELETE FROM cancel_requests WHERE requested < ?", (finished_before,))
+
+        await self.db.write(delete)
+        return count[0] if count else 0
+
+    async def set_paused(self, scope: str, paused: bool) -> None:
+        sql = (
+            "INSERT OR IGNORE INTO paused_scopes (scope) VALUES (?)"
+            if paused
+            else "DELETE FROM paused_scopes WHERE scope = ?"
+        )
+        await self.db.write(lambda conn: conn.execute(sql, (scope,)))
+
+    async def paused_scopes(self) -> set[str]:
+        rows = await self.db.run(
+            lambda conn: conn.execute("SELECT scope FROM paused_scopes").fetchall()
+        )
+        return {row[0] for row in rows}
+
+    async def request_cancel(self, task_ids: Sequence[str], *, at: float) -> None:
+        rows = [(tid, at) for tid in task_ids]
         await self.db.write(
-            lambda conn: count.append(
-                conn.execute("DELETE FROM tasks WHERE finished < ?", (finished_before,)).rowcount
+            lambda conn: conn.executemany(
+                "INSERT OR REPLACE INTO cancel_requests (task_id, requested) VALUES (?, ?)", rows
             )
         )
-        return count[0] if count else 0
+
+    async def cancel_requests(self, *, since: float) -> list[tuple[str, float]]:
+        rows = await self.db.run(
+            lambda conn: conn.execute(
+                "SELECT task_id, requested FROM cancel_requests WHERE requested >= ?", (since,)
+            ).fetchall()
+        )
+        return [(row[0], row[1]) for row in rows]
 
 
 def _done() -> asyncio.Future[None]:
