@@ -1,15 +1,18 @@
-"""One pipeline: source -> ordering gates -> AIMD window -> target -> sinks -> settle.
+"""One pipeline: source -> ordering gates -> lanes -> target -> sinks -> settle.
 
-Three named loops share the pipeline's state, all on one event loop (no locks):
+Four named loops share the pipeline's state, all on one event loop (no locks):
 
 * **receive** takes deliveries from the source only while the buffer has room, drops
   those whose task already finished (dedup) and admits the rest through the ordering
-  gates into ``ready``;
-* **dispatch** starts invocations from ``ready`` while the AIMD window has room (one
-  event per request, or up to ``batch.max_events`` in batch mode);
-* **deliver** takes finished tasks in the order they finished, emits their result
-  events to every sink (retrying sinks until they take them), makes the task records
-  durable, and only then acks the source messages.
+  gates into their tenant's lane;
+* **dispatch** starts invocations from every lane while that lane's AIMD window has
+  room (one event per request, or up to ``batch.max_events`` in batch mode), serving
+  the tenants of a lane round robin;
+* **deliver** (``consumer_core.delivery``) takes finished tasks in the order they
+  finished, emits their result events to every sink, makes the task records durable,
+  and only then settles the source messages;
+* **housekeeping** isolates misbehaving tenants into dedicated lanes, spills their
+  backlog to the store, loads parked tasks back and reclaims idle lanes.
 
 A task keeps its ordering key from admission until its invocation reached a final
 outcome, retries included, so same-key tasks never overlap and finish in order; the
@@ -20,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,19 +46,24 @@ from consumer_core.delivery import ResultDelivery
 from consumer_core.errors import FatalClientError, IllegalTransition, NotConnected
 from consumer_core.events import CloudEvent, failed_event, succeeded_event, wrap
 from consumer_core.flow import AimdWindow
+from consumer_core.isolation import Detector, Thresholds
+from consumer_core.lanes import SHARED, Lane
 from consumer_core.ordering import KeyedQueues
 from consumer_core.outcome import ErrorKind, Outcome, OutcomeKind
+from consumer_core.parking import Parking
 from consumer_core.payload import PayloadChecks
 from consumer_core.retry import RetryPolicy
 from consumer_core.tasks import AttemptRecord, TaskRecord, TaskState, task_id
 from consumer_core.tracing import child_traceparent, incoming_traceparent
 
-__all__ = ["Pipeline", "Task"]
+__all__ = ["Pipeline", "Task", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
 DEDUP_WINDOW = 24 * 3600.0
 """How long a finished task's id suppresses a redelivered copy of its message."""
+
+_WAITING = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
 
 
 class Task:
@@ -65,15 +74,17 @@ class Task:
         "deliveries",
         "event",
         "gate",
+        "lane",
+        "not_before",
         "record",
         "result",
         "retry_handle",
-        "t0",
+        "seq",
         "traceparent",
     )
 
     def __init__(
-        self, record: TaskRecord, event: CloudEvent, delivery: Delivery, gate: str | None
+        self, record: TaskRecord, event: CloudEvent, delivery: Delivery, gate: str | None, seq: int
     ) -> None:
         self.record = record
         self.event = event
@@ -81,11 +92,16 @@ class Task:
         """The message, plus redelivered copies that arrived while it was live."""
         self.gate = gate
         """The ordering key this task holds while it runs (``None``: unordered)."""
-        self.t0 = time.monotonic()
+        self.seq = seq
+        """Arrival order within the pipeline (parking keeps it)."""
         self.traceparent = ""
         self.result: CloudEvent | None = None
         self.retry_handle: asyncio.TimerHandle | None = None
         self.cancelled = False
+        self.lane: Lane[Task] | None = None
+        """The lane of the invocation in flight, while one is."""
+        self.not_before = 0.0
+        """Wall-clock time the next attempt is due (retry backoff), 0 when due now."""
 
 
 class Pipeline:
@@ -101,6 +117,8 @@ class Pipeline:
         on_failure: Sequence[Sink],
         resources: Resources,
         shutdown_timeout: float = 30.0,
+        dedup_window: float = DEDUP_WINDOW,
+        instance: str = "local",
     ) -> None:
         self.config = config
         self.name = config.name
@@ -109,8 +127,16 @@ class Pipeline:
         self.res = resources
         self.store = resources.store
         self.shutdown_timeout = shutdown_timeout
+        self.dedup_window = dedup_window
         c = config.concurrency
-        self.window = AimdWindow(initial=c.initial, minimum=c.min, maximum=c.max)
+        self.shared: Lane[Task] = Lane(
+            SHARED, AimdWindow(initial=c.initial, minimum=c.min, maximum=c.max)
+        )
+        self.lanes: dict[str, Lane[Task]] = {}
+        """Dedicated lanes, by tenant."""
+        self.isolation = config.isolation.enabled
+        self.thresholds = Thresholds.from_options(config.isolation.options)
+        self.detector = Detector(self.thresholds)
         r = config.retry
         self.retry = RetryPolicy(
             max_attempts=r.max_attempts,
@@ -124,14 +150,17 @@ class Pipeline:
         self.checks = PayloadChecks(config)
         self.rng = random.Random()
         self.gates: KeyedQueues[Task] = KeyedQueues()
-        self.ready: deque[Task] = deque()
         self.live: dict[str, Task] = {}
-        self.inflight = 0
-        """Requests in flight (a batch counts once)."""
+        self.tenant_live: Counter[str] = Counter()
+        self.tenant_inflight: Counter[str] = Counter()
+        """Per tenant, tasks in an invocation in flight (any lane)."""
         self.paused = False
+        self.paused_tenants: set[str] = set()
         self.stopping = False
         self.healthy = True
         self.error: str | None = None
+        self._arrivals = itertools.count(1)
+        self._batch_open: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._room = asyncio.Event()
@@ -139,14 +168,14 @@ class Pipeline:
         self._resumed.set()
         self._calls: set[asyncio.Task[None]] = set()
         self.results = ResultDelivery(self, on_success=on_success, on_failure=on_failure)
+        self.parking = Parking(self, owner=f"{instance}/{self.name}")
         m = resources.metrics
         self.m_received = m.messages_received.labels(self.name)
         self.m_invoke = m.invoke_duration.labels(self.name)
-        self.m_inflight = m.inflight.labels(self.name, "shared")
-        self.m_limit = m.concurrency_limit.labels(self.name, "shared")
         self.m_retries = m.retries.labels(self.name)
         self.m_dedup = m.deduplicated.labels(self.name)
-        self.m_limit.set(self.window.limit)
+        self.m_isolated = m.isolated_tenants.labels(self.name)
+        self._show_lane(self.shared)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -158,12 +187,14 @@ class Pipeline:
         start = getattr(self.target, "start", None)
         if start is not None:
             await start()
+        await self.parking.start()
         log.info("pipeline %s started", self.name)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._receive_loop(), name=f"{self.name}:receive")
             group.create_task(self._dispatch_loop(), name=f"{self.name}:dispatch")
             group.create_task(self.results.run(), name=f"{self.name}:deliver")
-            group.create_task(self._drain_on_stop(group), name=f"{self.name}:shutdown")
+            group.create_task(self._housekeeping_loop(), name=f"{self.name}:housekeeping")
+            group.create_task(self._drain_on_stop(), name=f"{self.name}:shutdown")
 
     async def _connect(self) -> None:
         delay = 0.1
@@ -184,11 +215,11 @@ class Pipeline:
         self._room.set()
         self._wake.set()
 
-    async def _drain_on_stop(self, group: asyncio.TaskGroup) -> None:
+    async def _drain_on_stop(self) -> None:
         """Stop receiving -> drain within shutdown_timeout -> nack the rest -> close."""
         await self._stop_requested.wait()
         deadline = time.monotonic() + self.shutdown_timeout
-        while self.live and (remaining := deadline - time.monotonic()) > 0:
+        while self._draining() and (remaining := deadline - time.monotonic()) > 0:
             self._room.clear()
             await self._wait(self._room, remaining)
         if self.live:
@@ -214,33 +245,65 @@ class Pipeline:
         log.info("pipeline %s stopped", self.name)
         raise _Stopped
 
+    def _draining(self) -> bool:
+        """Whether work that can still finish is left: running tasks, or queued tasks
+        the dispatcher may start (not those waiting out a backoff)."""
+        return any(t.record.state is not TaskState.RETRYING for t in self.live.values())
+
     # ----------------------------------------------------------------- pause/resume
 
     async def pause(self) -> None:
+        if self.paused:
+            return
         self.paused = True
         self._resumed.clear()
         if isinstance(self.source, Pausable):
             await self.source.pause()
-        for task in self.ready:
-            self._move(task, TaskState.PAUSED)
+        self._mark_queued(lambda tenant: True, TaskState.PAUSED)
         log.info("pipeline %s paused", self.name)
 
     async def resume(self) -> None:
+        if not self.paused:
+            return
         if isinstance(self.source, Pausable):
             await self.source.resume()
-        for task in self.ready:
-            if task.record.state is TaskState.PAUSED:
-                self._move(task, TaskState.PENDING)
         self.paused = False
+        self._mark_queued(lambda tenant: tenant not in self.paused_tenants, TaskState.PENDING)
         self._resumed.set()
         self._wake.set()
         log.info("pipeline %s resumed", self.name)
+
+    def pause_tenant(self, tenant: str) -> None:
+        if tenant in self.paused_tenants:
+            return
+        self.paused_tenants.add(tenant)
+        self._mark_queued(lambda t: t == tenant, TaskState.PAUSED)
+        log.info("pipeline %s: tenant %s paused", self.name, tenant)
+
+    def resume_tenant(self, tenant: str) -> None:
+        if tenant not in self.paused_tenants:
+            return
+        self.paused_tenants.discard(tenant)
+        if not self.paused:
+            self._mark_queued(lambda t: t == tenant, TaskState.PENDING)
+        self._wake.set()
+        log.info("pipeline %s: tenant %s resumed", self.name, tenant)
+
+    def _mark_queued(self, which: Any, state: TaskState) -> None:
+        for lane in self.all_lanes():
+            for task in lane.queue:
+                if which(task.record.tenant) and task.record.state is not state:
+                    self._move(task, state)
+
+    def held(self, tenant: str) -> bool:
+        return self.paused or tenant in self.paused_tenants
 
     # ----------------------------------------------------------------- receive
 
     def capacity(self) -> int:
         """How many tasks may be held in memory at once (received, not yet settled)."""
-        return max(1000, min(20000, 4 * self.window.limit * self.per_request))
+        limit = self.shared.window.limit + sum(lane.window.limit for lane in self.lanes.values())
+        return max(1000, min(20000, 4 * limit * self.per_request))
 
     async def _receive_loop(self) -> None:
         while not self.stopping:
@@ -270,7 +333,8 @@ class Pipeline:
     async def _admit_all(self, deliveries: Sequence[Delivery]) -> None:
         self.m_received.inc(len(deliveries))
         ids = [task_id(self.name, d.event_id) for d in deliveries]
-        finished = await self.store.finished(ids, since=time.time() - DEDUP_WINDOW)
+        finished = await self.store.finished(ids, since=time.time() - self.dedup_window)
+        to_park: list[Task] = []
         for delivery, tid in zip(deliveries, ids, strict=True):
             live = self.live.get(tid)
             if live is not None:
@@ -279,7 +343,12 @@ class Pipeline:
                 self.m_dedup.inc()
                 await delivery.ack()
             else:
-                self._admit(delivery, tid)
+                task = self._admit(delivery, tid)
+                if task is not None and task.record.tenant in self.parking.spilling:
+                    to_park.append(task)
+                elif task is not None and self.gates.admit(task.gate, task):
+                    self._enqueue(task)
+        await self.parking.park(to_park)
         self._wake.set()
 
     def _gate_for(self, delivery: Delivery) -> str | None:
@@ -290,7 +359,8 @@ class Pipeline:
             return delivery.partition or ""
         return None
 
-    def _admit(self, delivery: Delivery, tid: str) -> None:
+    def _admit(self, delivery: Delivery, tid: str) -> Task | None:
+        """Make a task of a delivery; ``None`` if it failed its checks at once."""
         event = delivery.event
         if event is None:
             event = wrap(delivery.raw, event_id=delivery.event_id, source=f"/bridge/{self.name}")
@@ -302,100 +372,158 @@ class Pipeline:
             key=delivery.key,
             received=delivery.received_at,
         )
-        task = Task(record, event, delivery, self._gate_for(delivery))
-        parent = incoming_traceparent(delivery.headers, event.get_attributes().get("traceparent"))
-        task.traceparent = child_traceparent(parent)
-        self.live[tid] = task
+        if delivery.decode_error is None:
+            record.tenant = self.checks.tenant(delivery, event)
+        task = self._track(record, event, delivery)
         if delivery.decode_error is not None:
-            self.store.save(record)
             self._fail(task, ErrorKind.MALFORMED_MESSAGE, delivery.decode_error, None)
-            return
-        record.tenant = self.checks.tenant(delivery, event)
+            return None
         problem = self.checks.schema_problem(event)
-        self.store.save(record)
         if problem is not None:
             self._fail(task, ErrorKind.SCHEMA_VIOLATION, problem, None)
+            return None
+        return task
+
+    def _track(self, record: TaskRecord, event: CloudEvent, delivery: Delivery) -> Task:
+        task = Task(record, event, delivery, self._gate_for(delivery), next(self._arrivals))
+        parent = incoming_traceparent(delivery.headers, event.get_attributes().get("traceparent"))
+        task.traceparent = child_traceparent(parent)
+        self.live[record.id] = task
+        self.tenant_live[record.tenant] += 1
+        self.store.save(record)
+        return task
+
+    def admit_parked(
+        self, record: TaskRecord, event: CloudEvent, delivery: Delivery, not_before: float
+    ) -> None:
+        """Take a task loaded back from the store (see ``consumer_core.parking``)."""
+        task = self._track(record, event, delivery)
+        if not self.gates.admit(task.gate, task):
             return
-        if self.gates.admit(task.gate, task):
+        delay = not_before - time.time()
+        if delay > 0 and record.state is TaskState.RETRYING:
+            task.not_before = not_before
+            task.retry_handle = asyncio.get_running_loop().call_later(delay, self._retry_due, task)
+        else:
             self._enqueue(task)
 
-    def _enqueue(self, task: Task) -> None:
-        if self.paused:
+    def forget(self, task: Task) -> None:
+        """Drop a task from memory without settling it (parked, or revoked)."""
+        if self.live.pop(task.record.id, None) is not None:
+            self.tenant_live[task.record.tenant] -= 1
+            if self.tenant_live[task.record.tenant] <= 0:
+                del self.tenant_live[task.record.tenant]
+        self._room.set()
+
+    def lane_for(self, tenant: str) -> Lane[Task]:
+        return self.lanes.get(tenant, self.shared)
+
+    def all_lanes(self) -> list[Lane[Task]]:
+        return [self.shared, *self.lanes.values()]
+
+    def _enqueue(self, task: Task, *, front: bool = False) -> None:
+        tenant = task.record.tenant
+        if self.held(tenant) and task.record.state is not TaskState.PAUSED:
             self._move(task, TaskState.PAUSED)
-        self.ready.append(task)
+        elif not self.held(tenant) and task.record.state is TaskState.PAUSED:
+            self._move(task, TaskState.PENDING)
+        self.lane_for(tenant).queue.push(tenant, task, front=front)
         self._wake.set()
 
     # ----------------------------------------------------------------- dispatch
 
     async def _dispatch_loop(self) -> None:
-        batch_mode = self.per_request > 1
-        max_wait = self.config.target.batch_max_wait
-        batch_open: float | None = None  # when a partial batch started waiting to fill
         while not self.stopping:
             now = time.monotonic()
-            free = 0 if self.paused else self.window.free(self.inflight, now)
-            if not self.ready or free <= 0:
+            started = False
+            if not self.paused:
+                for lane in self.all_lanes():
+                    started |= self._dispatch_lane(lane, now)
+            if not started:
                 self._wake.clear()
-                wait = max(0.001, self.window.blocked_until - now) if free <= 0 else 1.0
-                await self._wait(self._wake, min(wait, 1.0))
-                continue
-            if batch_mode and len(self.ready) < self.per_request:
-                if batch_open is None:
-                    batch_open = now
-                remaining = batch_open + max_wait - now
-                if remaining > 0:
-                    self._wake.clear()
-                    await self._wait(self._wake, remaining)
-                    continue
-            batch_open = None
-            batch = [self.ready.popleft() for _ in range(min(self.per_request, len(self.ready)))]
-            batch = [task for task in batch if not self._dropped_if_revoked(task)]
-            if batch:
-                self._start(batch)
+                await self._wait(self._wake, self._next_wake(now))
+
+    def _next_wake(self, now: float) -> float:
+        wait = 1.0
+        for lane in self.all_lanes():
+            if len(lane.queue) and lane.window.blocked_until > now:
+                wait = min(wait, lane.window.blocked_until - now)
+            opened = self._batch_open.get(lane.name)
+            if opened is not None:
+                wait = min(wait, opened + self.config.target.batch_max_wait - now)
+        return max(wait, 0.001)
+
+    def _dispatch_lane(self, lane: Lane[Task], now: float) -> bool:
+        started = False
+        free = lane.free(now)
+        skip = self.paused_tenants.__contains__ if self.paused_tenants else None
+        while free > 0 and len(lane.queue):
+            if self.per_request > 1 and len(lane.queue) < self.per_request:
+                opened = self._batch_open.setdefault(lane.name, now)
+                if now - opened < self.config.target.batch_max_wait:
+                    break
+            batch: list[Task] = []
+            while len(batch) < self.per_request:
+                task = lane.queue.pop(skip)
+                if task is None:
+                    break
+                if not self._dropped_if_revoked(task):
+                    batch.append(task)
+            self._batch_open.pop(lane.name, None)
+            if not batch:
+                break
+            self._start(lane, batch)
+            free -= 1
+            started = True
+        return started
 
     def _dropped_if_revoked(self, task: Task) -> bool:
         """Forget a task whose message the source took back (rebalance): the next owner
         of the partition processes it. True if it was dropped."""
         if not task.deliveries[0].revoked:
             return False
-        self.live.pop(task.record.id, None)
+        self.forget(task)
         following = self.gates.release(task.gate)
         if following is not None:
             self._enqueue(following)
-        self._room.set()
         return True
 
-    def _start(self, batch: list[Task]) -> None:
+    def _start(self, lane: Lane[Task], batch: list[Task]) -> None:
         wall = time.time()
         for task in batch:
             record = task.record
             if record.dispatched is None:
                 record.dispatched = wall
+            task.lane = lane
+            self.tenant_inflight[record.tenant] += 1
             self._move(task, TaskState.RUNNING)
-        self.inflight += 1
-        self.m_inflight.set(self.inflight)
-        call = asyncio.create_task(self._invoke(batch), name=f"{self.name}:invoke")
+        lane.inflight += 1
+        self._show_lane(lane)
+        call = asyncio.create_task(self._invoke(lane, batch), name=f"{self.name}:invoke")
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
 
-    async def _invoke(self, batch: list[Task]) -> None:
+    async def _invoke(self, lane: Lane[Task], batch: list[Task]) -> None:
         attempt = max(t.record.attempts for t in batch) + 1
         started = time.time()
         for task in batch:
-            task.record.attempts = attempt if self.per_request == 1 else task.record.attempts + 1
+            task.record.attempts += 1
             if task.record.started is None:
                 task.record.started = started
         if attempt > 1:
-            self.m_retries.inc(len(batch))
+            self.m_retries.inc(sum(1 for t in batch if t.record.attempts > 1))
         t0 = time.monotonic()
         try:
             outcomes = await self.target.invoke(
                 [t.event for t in batch], attempt=attempt, traceparent=batch[0].traceparent
             )
         finally:
-            self.inflight -= 1
-            self.m_inflight.set(self.inflight)
-        elapsed = time.monotonic() - t0
+            lane.inflight -= 1
+            for task in batch:
+                task.lane = None
+                self.tenant_inflight[task.record.tenant] -= 1
+        now = time.monotonic()
+        elapsed = now - t0
         self.m_invoke.observe(elapsed)
         finished = time.time()
         throttled = False
@@ -410,44 +538,58 @@ class Pipeline:
                     error=outcome.message or None,
                 )
             )
-            throttled |= outcome.kind is OutcomeKind.THROTTLED
+            is_throttle = outcome.kind is OutcomeKind.THROTTLED
+            throttled |= is_throttle
+            self.detector.record(
+                task.record.tenant, ok=outcome.ok, throttled=is_throttle, latency=elapsed, now=now
+            )
             self._settle_attempt(task, outcome)
-        self._adjust_window(outcomes, throttled)
+        self._adjust_window(lane, outcomes, throttled)
         self._wake.set()
 
-    def _adjust_window(self, outcomes: Sequence[Outcome], throttled: bool) -> None:
-        before = self.window.limit
+    def _adjust_window(
+        self, lane: Lane[Task], outcomes: Sequence[Outcome], throttled: bool
+    ) -> None:
+        window = lane.window
+        before = window.limit
         if throttled:
             retry_after = max((o.retry_after or 0.0) for o in outcomes)
-            self.window.on_throttle(now=time.monotonic(), retry_after=retry_after or None)
-        elif outcomes and outcomes[0].kind is OutcomeKind.SUCCEEDED:
-            self.window.on_success(inflight=self.inflight + 1)
-        if self.window.limit != before:
-            direction = "up" if self.window.limit > before else "down"
-            self.res.metrics.window_changes.labels(self.name, "shared", direction).inc()
-            self.m_limit.set(self.window.limit)
-            self._tell_source_window()
+            window.on_throttle(now=time.monotonic(), retry_after=retry_after or None)
+        elif outcomes and outcomes[0].ok:
+            window.on_success(inflight=lane.inflight + 1)
+        if window.limit != before:
+            direction = "up" if window.limit > before else "down"
+            self.res.metrics.window_changes.labels(self.name, lane.name, direction).inc()
+            if lane is self.shared:
+                self._tell_source_window()
+        self._show_lane(lane)
+
+    def _show_lane(self, lane: Lane[Task]) -> None:
+        m = self.res.metrics
+        m.inflight.labels(self.name, lane.name).set(lane.inflight)
+        m.concurrency_limit.labels(self.name, lane.name).set(lane.window.limit)
 
     def _tell_source_window(self) -> None:
         if isinstance(self.source, FollowsWindow):
-            self.source.window_changed(self.window.limit * self.per_request)
+            self.source.window_changed(self.shared.window.limit * self.per_request)
 
     def _settle_attempt(self, task: Task, outcome: Outcome) -> None:
         if task.cancelled:
             self._finish_cancelled(task)
             return
-        if outcome.kind is OutcomeKind.SUCCEEDED:
+        if outcome.ok:
             self._succeed(task, outcome)
             return
         kind = outcome.error_kind or ErrorKind.SERVER_ERROR
         if outcome.kind is OutcomeKind.PERMANENT:
             self._fail(task, kind, outcome.message, outcome.status)
             return
-        attempts = task.record.attempts
+        record = task.record
+        attempts = record.attempts - record.attempt_base
         delay = self.retry.next_delay(attempts, self.rng)
         if outcome.retry_after is not None:
             delay = max(delay, outcome.retry_after)
-        age = time.monotonic() - task.t0
+        age = time.time() - (record.received or time.time())
         if not self.retry.should_retry(attempt=attempts, age=age, delay=delay):
             why = (
                 f"gave up after {attempts} attempts"
@@ -456,22 +598,19 @@ class Pipeline:
             )
             self._fail(task, kind, f"{outcome.message} ({why})", outcome.status)
             return
-        task.record.error = {
-            "kind": kind.value,
-            "message": outcome.message,
-            "status": outcome.status,
-        }
+        record.error = {"kind": kind.value, "message": outcome.message, "status": outcome.status}
         self._move(task, TaskState.RETRYING)
+        task.not_before = time.time() + delay
         task.retry_handle = asyncio.get_running_loop().call_later(delay, self._retry_due, task)
 
     def _retry_due(self, task: Task) -> None:
         task.retry_handle = None
+        task.not_before = 0.0
         if task.cancelled or self.stopping or self._dropped_if_revoked(task):
             return
-        if self.paused:
-            self._move(task, TaskState.PAUSED)
-        self.ready.appendleft(task)
-        self._wake.set()
+        if task.record.id not in self.live:
+            return  # parked meanwhile
+        self._enqueue(task, front=True)
 
     # ----------------------------------------------------------------- outcomes
 
@@ -521,10 +660,8 @@ class Pipeline:
         self.results.put(task)
 
     def settled(self, task: Task) -> None:
-        """Called by the deliver loop once the task's messages were acked."""
-        self.live.pop(task.record.id, None)
-        if not self._room.is_set():
-            self._room.set()
+        """Called by the deliver loop once the task's messages were settled."""
+        self.forget(task)
 
     def _move(self, task: Task, to: TaskState) -> None:
         try:
@@ -535,12 +672,133 @@ class Pipeline:
             return
         self.store.save(task.record)
 
+    # ----------------------------------------------------------------- housekeeping
+
+    async def _housekeeping_loop(self) -> None:
+        last_lease = time.monotonic()
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+            now = time.monotonic()
+            if self.isolation:
+                self._isolate(now)
+                await self._spill()
+                self._reclaim(now)
+            await self.parking.refill()
+            if now - last_lease > 5.0:
+                last_lease = now
+                await self.parking.keep_leases()
+
+    def _isolate(self, now: float) -> None:
+        shared_tenants = set(self.shared.queue.tenants()) | {
+            t for t, n in self.tenant_inflight.items() if n and t not in self.lanes
+        }
+        if len(shared_tenants) < 2 and not any(
+            self.detector.verdict(t, now=now, inflight={}, backlog={}) for t in shared_tenants
+        ):
+            return
+        inflight = {t: self.tenant_inflight[t] for t in shared_tenants}
+        backlog = {t: self.tenant_live[t] - self.tenant_inflight[t] for t in shared_tenants}
+        for tenant in shared_tenants:
+            reason = self.detector.verdict(tenant, now=now, inflight=inflight, backlog=backlog)
+            if reason is not None:
+                self._promote(tenant, reason)
+
+    def _promote(self, tenant: str, reason: str) -> None:
+        c = self.config.concurrency
+        cap = max(1, int(self.thresholds.max_share * c.max))
+        initial = max(c.min, min(cap, self.shared.window.limit))
+        lane: Lane[Task] = Lane(
+            f"tenant:{tenant}",
+            AimdWindow(initial=initial, minimum=min(c.min, cap), maximum=cap),
+            tenant=tenant,
+            cap=cap,
+        )
+        for task in self.shared.queue.take_tenant(tenant):
+            lane.queue.push(tenant, task)
+        self.lanes[tenant] = lane
+        self.m_isolated.set(len(self.lanes))
+        self.res.metrics.isolation_moves.labels(self.name, "promoted").inc()
+        self._show_lane(lane)
+        log.warning("pipeline %s: tenant %s isolated: %s", self.name, tenant, reason)
+
+    async def _spill(self) -> None:
+        limit = self.thresholds.spill_after
+        for tenant, lane in list(self.lanes.items()):
+            if tenant in self.parking.spilling:
+                continue
+            if self.tenant_live[tenant] - self.tenant_inflight[tenant] <= limit:
+                continue
+            self.parking.spilling.add(tenant)
+            tasks = self._take_waiting(tenant, lane)
+            log.info(
+                "pipeline %s: tenant %s spills %d waiting tasks to the store",
+                self.name,
+                tenant,
+                len(tasks),
+            )
+            await self.parking.park(tasks)
+
+    def _take_waiting(self, tenant: str, lane: Lane[Task]) -> list[Task]:
+        """Take every waiting task of ``tenant`` out of its lane, key gate or retry timer.
+
+        Tasks waiting behind a key are removed from the gates first, so that releasing
+        the keys the others held cannot hand a key to a task that is leaving too.
+        """
+        queued = lane.queue.take_tenant(tenant)
+        retrying = [
+            t
+            for t in self.live.values()
+            if t.record.tenant == tenant and t.retry_handle is not None and not t.cancelled
+        ]
+        behind_keys = [
+            t
+            for t in self.live.values()
+            if t.record.tenant == tenant
+            and t.record.state in _WAITING
+            and t.retry_handle is None
+            and t.lane is None
+            and self.gates.remove(t.gate, t)
+        ]
+        for task in retrying:
+            assert task.retry_handle is not None
+            task.retry_handle.cancel()
+            task.retry_handle = None
+        for task in [*queued, *retrying]:
+            following = self.gates.release(task.gate)
+            if following is not None:
+                self._enqueue(following)
+        return [*queued, *retrying, *behind_keys]
+
+    def _reclaim(self, now: float) -> None:
+        for tenant, lane in list(self.lanes.items()):
+            idle = (
+                not lane.busy and not self.tenant_live[tenant] and not self.parking.counts[tenant]
+            )
+            if not idle:
+                lane.idle_since = None
+                continue
+            if lane.idle_since is None:
+                lane.idle_since = now
+            elif now - lane.idle_since >= self.thresholds.idle_reclaim:
+                del self.lanes[tenant]
+                self.detector.forget(tenant)
+                self.res.metrics.inflight.remove(self.name, lane.name)
+                self.res.metrics.concurrency_limit.remove(self.name, lane.name)
+                self.m_isolated.set(len(self.lanes))
+                self.res.metrics.isolation_moves.labels(self.name, "reclaimed").inc()
+                log.warning(
+                    "pipeline %s: tenant %s reclaimed into the shared lane after %.0fs idle",
+                    self.name,
+                    tenant,
+                    now - lane.idle_since,
+                )
+
     # ----------------------------------------------------------------- operator actions
 
     def cancel(self, tid: str) -> str | None:
         """Cancel a live task; return the state it was in, or ``None`` if not live here."""
         task = self.live.get(tid)
-        if task is None or task.result is not None:
+        if task is None or task.result is not None or task.cancelled:
             return None
         state = task.record.state
         task.cancelled = True
@@ -549,21 +807,17 @@ class Pipeline:
         if task.retry_handle is not None:
             task.retry_handle.cancel()
             task.retry_handle = None
-        elif task in self.ready:
-            self.ready.remove(task)
+        elif self.lane_for(task.record.tenant).queue.remove(task.record.tenant, task):
+            pass
         elif self.gates.remove(task.gate, task):
-            self._finish_cancelled_waiting(task)
+            gate, task.gate = task.gate, None  # it never held its key: do not release it
+            self._finish_cancelled(task)
+            task.gate = gate
             return state.value
         else:
             return state.value
         self._finish_cancelled(task)
         return state.value
-
-    def _finish_cancelled_waiting(self, task: Task) -> None:
-        # It never held its key, so finishing it must not release the key.
-        gate, task.gate = task.gate, None
-        self._finish_cancelled(task)
-        task.gate = gate
 
     # ----------------------------------------------------------------- status
 
@@ -571,31 +825,39 @@ class Pipeline:
         lag = self.source.lag() if isinstance(self.source, ReportsLag) else {}
         for partition, value in lag.items():
             self.res.metrics.consumer_lag.labels(self.name, partition).set(value)
+        state = "running"
+        if self.stopping:
+            state = "stopping"
+        elif not self.healthy:
+            state = "failed"
+        elif self.paused:
+            state = "paused"
+        inflight = sum(lane.inflight for lane in self.all_lanes())
         return {
             "name": self.name,
-            "state": "stopping"
-            if self.stopping
-            else "paused"
-            if self.paused
-            else "running"
-            if self.healthy
-            else "failed",
+            "state": state,
             "error": self.error,
             "source": self.config.source.type,
             "ordering": self.config.ordering.value,
             "lanes": [
                 {
-                    "name": "shared",
-                    "window": self.window.limit,
-                    "min": self.window.minimum,
-                    "max": self.window.maximum,
-                    "inflight": self.inflight,
+                    "name": lane.name,
+                    "tenant": lane.tenant,
+                    "window": lane.window.limit,
+                    "min": lane.window.minimum,
+                    "max": lane.window.maximum,
+                    "inflight": lane.inflight,
+                    "queued": len(lane.queue),
+                    "parked": self.parking.counts.get(lane.tenant, 0) if lane.tenant else 0,
                 }
+                for lane in self.all_lanes()
             ],
-            "inflight": self.inflight,
+            "isolated_tenants": sorted(self.lanes),
+            "paused_tenants": sorted(self.paused_tenants),
+            "inflight": inflight,
             "tasks": len(self.live),
-            "ready": len(self.ready),
             "waiting_on_key": self.gates.waiting_count,
+            "parked": sum(self.parking.counts.values()),
             "lag": dict(lag),
         }
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ class Runner:
         )
         self.pipelines: dict[str, Pipeline] = {}
         self.server = AdminServer(self, config.server)
+        self.instance = config.state.instance or f"{socket.gethostname()}:{config.server.port}"
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -65,6 +68,8 @@ class Runner:
             on_failure=sinks(pc.on_failure),
             resources=res,
             shutdown_timeout=self.config.shutdown_timeout,
+            dedup_window=self.config.state.dedup_window,
+            instance=self.instance,
         )
 
     def stop(self) -> None:
@@ -83,6 +88,7 @@ class Runner:
             async with asyncio.TaskGroup() as group:
                 for pipeline in self.pipelines.values():
                     group.create_task(run_pipeline(pipeline), name=f"pipeline:{pipeline.name}")
+                control = group.create_task(self._control_loop(), name="control")
                 self.started.set()
                 log.info(
                     "bridge running %d pipeline(s); admin API on http://%s:%d",
@@ -92,6 +98,7 @@ class Runner:
                 )
                 await self._stop.wait()
                 log.info("shutting down: draining in-flight work")
+                control.cancel()
                 for pipeline in self.pipelines.values():
                     pipeline.stop()
         finally:
@@ -101,3 +108,39 @@ class Runner:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
         log.info("bridge stopped")
+
+    async def _control_loop(self) -> None:
+        """Apply operator state shared through the store (pauses, cancel requests, made
+        on any instance) and purge old tasks."""
+        store = self.resources.store
+        seen_cancels = time.time() - 5.0
+        last_purge = 0.0
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await self.apply_pauses(await store.paused_scopes())
+                now = time.time()
+                for tid, _ in await store.cancel_requests(since=seen_cancels - 2.0):
+                    pipeline = self.pipelines.get(tid.split(":", 1)[0])
+                    if pipeline is not None:
+                        pipeline.cancel(tid)
+                seen_cancels = now
+                if now - last_purge > 300.0:
+                    last_purge = now
+                    purged = await store.purge(finished_before=now - self.config.state.retention)
+                    if purged:
+                        log.info("purged %d finished tasks older than the retention", purged)
+            except Exception as exc:
+                log.warning("reading operator state from the store failed: %s", exc)
+
+    async def apply_pauses(self, scopes: set[str]) -> None:
+        for name, pipeline in self.pipelines.items():
+            if name in scopes:
+                await pipeline.pause()
+            else:
+                await pipeline.resume()
+            tenants = {s.split("/", 1)[1] for s in scopes if s.startswith(f"{name}/")}
+            for tenant in tenants - pipeline.paused_tenants:
+                pipeline.pause_tenant(tenant)
+            for tenant in pipeline.paused_tenants - tenants:
+                pipeline.resume_tenant(tenant)

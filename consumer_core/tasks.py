@@ -105,6 +105,8 @@ class TaskRecord:
     tenant: str = "default"
     key: str | None = None
     attempts: int = 0
+    attempt_base: int = 0
+    """Attempts made before the last re-drive: the retry budget counts from here."""
     received: float | None = None
     dispatched: float | None = None
     started: float | None = None
@@ -146,6 +148,7 @@ class TaskRecord:
             "tenant": self.tenant,
             "key": self.key,
             "attempts": self.attempts,
+            "attempt_base": self.attempt_base,
             "timestamps": {
                 "received": self.received,
                 "dispatched": self.dispatched,
@@ -169,6 +172,7 @@ class TaskRecord:
             tenant=doc.get("tenant", "default"),
             key=doc.get("key"),
             attempts=doc.get("attempts", 0),
+            attempt_base=doc.get("attempt_base", 0),
             received=stamps.get("received"),
             dispatched=stamps.get("dispatched"),
             started=stamps.get("started"),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -14,7 +16,7 @@ from aiohttp import web
 from consumer_core.config.model import ServerConfig
 from consumer_core.events import CloudEvent, from_http, wrap
 from consumer_core.store.base import TaskQuery
-from consumer_core.tasks import TaskState, task_id
+from consumer_core.tasks import TERMINAL, TaskState, task_id
 
 if TYPE_CHECKING:
     from consumer_core.runner import Runner
@@ -52,8 +54,12 @@ class AdminServer:
                 web.get("/v1/pipelines", self.list_pipelines),
                 web.post("/v1/pipelines/{name}/pause", self.pause),
                 web.post("/v1/pipelines/{name}/resume", self.resume),
+                web.post("/v1/pipelines/{name}/tenants/{tenant}/pause", self.pause_tenant),
+                web.post("/v1/pipelines/{name}/tenants/{tenant}/resume", self.resume_tenant),
                 web.post("/v1/pipelines/{name}/events", self.intake),
                 web.get("/v1/tasks", self.list_tasks),
+                web.post("/v1/tasks/cancel", self.cancel_many),
+                web.post("/v1/tasks/redrive", self.redrive),
                 web.post("/v1/tasks/{id:.+}/cancel", self.cancel_task),
                 web.get("/v1/tasks/{id:.+}", self.get_task),
             ]
@@ -124,14 +130,30 @@ class AdminServer:
             )
         return pipeline
 
+    async def _set_paused(self, request: web.Request, scope: str, paused: bool) -> None:
+        """Record the pause in the store (every instance follows it), then apply it here."""
+        store = self.runner.resources.store
+        await store.set_paused(scope, paused)
+        await self.runner.apply_pauses(await store.paused_scopes())
+
     async def pause(self, request: web.Request) -> web.Response:
         pipeline = self._pipeline(request)
-        await pipeline.pause()
+        await self._set_paused(request, pipeline.name, True)
         return web.json_response(pipeline.status())
 
     async def resume(self, request: web.Request) -> web.Response:
         pipeline = self._pipeline(request)
-        await pipeline.resume()
+        await self._set_paused(request, pipeline.name, False)
+        return web.json_response(pipeline.status())
+
+    async def pause_tenant(self, request: web.Request) -> web.Response:
+        pipeline = self._pipeline(request)
+        await self._set_paused(request, f"{pipeline.name}/{request.match_info['tenant']}", True)
+        return web.json_response(pipeline.status())
+
+    async def resume_tenant(self, request: web.Request) -> web.Response:
+        pipeline = self._pipeline(request)
+        await self._set_paused(request, f"{pipeline.name}/{request.match_info['tenant']}", False)
         return web.json_response(pipeline.status())
 
     async def intake(self, request: web.Request) -> web.Response:
@@ -167,27 +189,27 @@ class AdminServer:
 
     # ----------------------------------------------------------------- tasks
 
+    def _query(self, params: Any, *, state: TaskState | None = None) -> TaskQuery:
+        """A task filter from query parameters or a JSON body (raises ValueError)."""
+        given = params.get("state")
+        return TaskQuery(
+            pipeline=params.get("pipeline"),
+            state=TaskState(given) if given else state,
+            tenant=params.get("tenant"),
+            received_from=float(params["from"]) if params.get("from") is not None else None,
+            received_to=float(params["to"]) if params.get("to") is not None else None,
+            limit=max(1, min(1000, int(params.get("limit", 100)))),
+            after=params.get("after"),
+        )
+
     async def list_tasks(self, request: web.Request) -> web.Response:
-        q = request.query
         try:
-            state = TaskState(q["state"]) if "state" in q else None
-            limit = max(1, min(1000, int(q.get("limit", "100"))))
-            received_from = float(q["from"]) if "from" in q else None
-            received_to = float(q["to"]) if "to" in q else None
+            query = self._query(request.query)
         except ValueError as exc:
             return _error(400, f"bad query: {exc}")
-        query = TaskQuery(
-            pipeline=q.get("pipeline"),
-            state=state,
-            tenant=q.get("tenant"),
-            received_from=received_from,
-            received_to=received_to,
-            limit=limit,
-            after=q.get("after"),
-        )
         records = await self.runner.resources.store.query(query)
         tasks = [r.to_json() for r in records]
-        cursor = records[-1].id if len(records) == limit else None
+        cursor = records[-1].id if len(records) == query.limit else None
         return web.json_response({"tasks": tasks, "next": cursor})
 
     async def get_task(self, request: web.Request) -> web.Response:
@@ -201,9 +223,85 @@ class AdminServer:
         tid = request.match_info["id"]
         pipeline = self.runner.pipelines.get(tid.split(":", 1)[0])
         previous = pipeline.cancel(tid) if pipeline is not None else None
+        store = self.runner.resources.store
         if previous is not None:
+            await store.request_cancel([tid], at=time.time())
             return web.json_response({"id": tid, "cancelled": True, "was": previous}, status=202)
-        record = await self.runner.resources.store.get(tid)
+        record = await store.get(tid)
         if record is None:
             return _error(404, f"no task {tid!r}")
-        return _error(409, f"task {tid!r} is {record.state.value}: nothing to cancel")
+        if record.state in TERMINAL:
+            return _error(409, f"task {tid!r} is {record.state.value}: nothing to cancel")
+        # Held by another instance sharing the store: it applies the request.
+        await store.request_cancel([tid], at=time.time())
+        return web.json_response(
+            {"id": tid, "cancelled": True, "was": record.state.value}, status=202
+        )
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": f"body is not JSON: {exc}"}),
+                content_type="application/json",
+            ) from exc
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "body must be a JSON object"}),
+                content_type="application/json",
+            )
+        return body
+
+    async def cancel_many(self, request: web.Request) -> web.Response:
+        """Cancel every pending, paused or retrying task matching a filter."""
+        body = await self._body(request)
+        states = [TaskState(body["state"])] if body.get("state") else list(_CANCELLABLE)
+        if any(s not in _CANCELLABLE for s in states):
+            return _error(400, "only pending, paused or retrying tasks can be cancelled")
+        store = self.runner.resources.store
+        ids: list[str] = []
+        try:
+            for state in states:
+                after = None
+                while True:
+                    query = self._query({**body, "after": after, "limit": 1000}, state=state)
+                    records = await store.query(_with_state(query, state))
+                    ids.extend(r.id for r in records)
+                    if len(records) < 1000:
+                        break
+                    after = records[-1].id
+        except ValueError as exc:
+            return _error(400, f"bad filter: {exc}")
+        for tid in ids:
+            pipeline = self.runner.pipelines.get(tid.split(":", 1)[0])
+            if pipeline is not None:
+                pipeline.cancel(tid)
+        await store.request_cancel(ids, at=time.time())
+        return web.json_response({"cancelled": len(ids)}, status=202)
+
+    async def redrive(self, request: web.Request) -> web.Response:
+        """Run failed (or cancelled) tasks again with a fresh attempt budget."""
+        body = await self._body(request)
+        pipeline = self.runner.pipelines.get(body.get("pipeline", ""))
+        if pipeline is None:
+            return _error(400, "redrive needs the name of a running pipeline")
+        state = TaskState(body.get("state", "failed"))
+        if state not in (TaskState.FAILED, TaskState.CANCELLED):
+            return _error(400, "only failed or cancelled tasks can be re-driven")
+        try:
+            query = _with_state(self._query({**body, "limit": body.get("limit", 1000)}), state)
+        except ValueError as exc:
+            return _error(400, f"bad filter: {exc}")
+        records = await self.runner.resources.store.query(query)
+        count = await pipeline.parking.redrive(records)
+        return web.json_response({"redriven": count}, status=202)
+
+
+_CANCELLABLE = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
+
+
+def _with_state(query: TaskQuery, state: TaskState) -> TaskQuery:
+    return dataclasses.replace(query, state=state)

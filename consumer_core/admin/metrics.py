@@ -80,6 +80,18 @@ class Metrics:
             ["pipeline"],
             registry=r,
         )
+        self.parked = Counter(
+            "bridge_parked_tasks",
+            "Tasks moved to the durable store (isolation spill or re-drive).",
+            ["pipeline"],
+            registry=r,
+        )
+        self.isolation_moves = Counter(
+            "bridge_isolation_moves",
+            "Tenants moved to a dedicated lane (promoted) or back (reclaimed).",
+            ["pipeline", "move"],
+            registry=r,
+        )
         self.illegal_transitions = Counter(
             "bridge_illegal_transitions",
             "Task state changes refused because they are not legal (a bug).",

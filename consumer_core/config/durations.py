@@ -1,4 +1,4 @@
-"""Durations as written in pipeline files: ``250ms``, ``1.5s``, ``30s``, ``5m``, ``1h``.
+"""Durations as written in pipeline files: ``250ms``, ``1.5s``, ``30s``, ``5m``, ``1h``, ``7d``.
 
 Units may be combined (``1m30s``). A bare non-negative number (or a string holding
 one) is a number of seconds. Everything becomes float seconds.
@@ -12,8 +12,14 @@ from decimal import Decimal
 
 __all__ = ["format_seconds", "is_duration", "parse_duration"]
 
-_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
-_PART = r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)"
+_UNITS = {
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+}
+_PART = r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)"
 _WHOLE = re.compile(rf"(?:{_PART})+")
 _PARTS = re.compile(_PART)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")

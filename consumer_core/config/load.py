@@ -287,7 +287,12 @@ def _build(data: dict[str, Any], file: Path, base_dir: Path) -> BridgeConfig:
         file=file,
         version=data["version"],
         server=ServerConfig(host=host, port=port, token=server["token"] or None),
-        state=StateConfig(url=data["state"]["url"]),
+        state=StateConfig(
+            url=data["state"]["url"],
+            dedup_window=data["state"]["dedup_window"],
+            retention=data["state"]["retention"],
+            instance=data["state"]["instance"],
+        ),
         shutdown_timeout=data["shutdown_timeout"],
         pipelines=tuple(
             _pipeline(pipeline, f"pipelines[{index}]", base_dir)

@@ -178,6 +178,10 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateConfig:
     url: str = "sqlite:///.bridge/state.db"
+    dedup_window: float = 86400.0
+    retention: float = 7 * 86400.0
+    instance: str = ""
+    """Empty: derived from the host name and the admin port."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,7 +13,35 @@ from consumer_core.tasks import TaskRecord, TaskState
 if TYPE_CHECKING:
     from consumer_core.store.sqlite import SqliteDatabases
 
-__all__ = ["TaskQuery", "TaskStore", "open_store"]
+__all__ = ["Parked", "TaskQuery", "TaskStore", "open_store"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parked:
+    """A task kept in the store instead of in its source.
+
+    Tasks are *parked* when an isolated tenant's backlog grows past
+    ``isolation.spill_after`` (their source messages are then acked, so a stuck tenant
+    never holds back a partition's commits) and when failed tasks are re-driven. The
+    instance that parked them (``owner``) runs them, in ``seq`` order; rows whose
+    owner's lease ran out are claimed by another instance.
+    """
+
+    seq: int = 0
+    """Assigned by the store: the order rows are run in."""
+    pipeline: str
+    tenant: str
+    task_id: str
+    key: str | None = None
+    partition: str | None = None
+    attributes: str
+    """The event's attributes, as ``consumer_core.events.attributes_json`` wrote them."""
+    data: bytes | None = None
+    headers: str = "{}"
+    record: str
+    """The ``TaskRecord`` as JSON: attempts and history carry over."""
+    not_before: float = 0.0
+    """Wall-clock time before which it must not run (a retry's backoff)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +107,34 @@ class TaskStore(Protocol):
         """Cancel requests made at or after ``since``: ``(task_id, requested_at)``."""
         ...
 
+    # Parked tasks (see ``Parked``).
+
+    async def park(self, items: Sequence[Parked], *, owner: str, lease_until: float) -> None:
+        """Store ``items`` durably (in this order) for ``owner``; returns once durable."""
+        ...
+
+    async def parked(
+        self, pipeline: str, tenant: str, *, owner: str, after: int, limit: int
+    ) -> list[Parked]:
+        """``owner``'s parked tasks of a tenant with ``seq > after``, in ``seq`` order."""
+        ...
+
+    async def parked_counts(self, pipeline: str, *, owner: str) -> dict[str, int]:
+        """How many tasks ``owner`` has parked, per tenant."""
+        ...
+
+    async def unpark(self, seqs: Sequence[int]) -> None:
+        """Delete parked rows (their tasks finished and were delivered)."""
+        ...
+
+    async def renew_leases(self, owner: str, *, until: float) -> None:
+        """Keep ``owner``'s parked rows its own until ``until``."""
+        ...
+
+    async def claim_parked(self, pipeline: str, *, owner: str, now: float, until: float) -> int:
+        """Take over rows whose lease ran out before ``now``; return how many."""
+        ...
+
 
 def sqlite_path(url: str, base_dir: Path) -> Path:
     """``sqlite:///relative/x.db`` is relative to ``base_dir``; ``sqlite:////abs`` absolute."""
@@ -94,6 +150,28 @@ def open_store(url: str, base_dir: Path, databases: SqliteDatabases) -> TaskStor
         from consumer_core.store.sqlite import SqliteTaskStore
 
         return SqliteTaskStore(databases.get(sqlite_path(url, base_dir)))
+    if url.startswith(("redis://", "rediss://")):
+        try:
+            from consumer_core.store.redis import RedisTaskStore
+        except ModuleNotFoundError as exc:
+            _explain_missing(exc, module="redis", extra="redis")
+            raise
+        return RedisTaskStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from consumer_core.store.postgres import PostgresTaskStore
+        except ModuleNotFoundError as exc:
+            _explain_missing(exc, module="asyncpg", extra="postgres")
+            raise
+        return PostgresTaskStore(url)
     raise ConfigError(
         [ConfigProblem("<state>", None, "state.url", f"no task store for {url.split(':')[0]!r}")]
     )
+
+
+def _explain_missing(exc: ModuleNotFoundError, *, module: str, extra: str) -> None:
+    """Raise a ``ConfigError`` naming the extra to install if ``module`` is what is missing
+    (anything else missing is a broken install, and the caller re-raises it)."""
+    if (exc.name or "").partition(".")[0] == module:
+        message = f"the {extra} task store needs `pip install 'bridge[{extra}]'` ({exc})"
+        raise ConfigError([ConfigProblem("<state>", None, "state.url", message)]) from exc

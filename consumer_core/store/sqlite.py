@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from consumer_core.errors import StoreError
-from consumer_core.store.base import TaskQuery
+from consumer_core.store.base import Parked, TaskQuery
 from consumer_core.tasks import TERMINAL, TaskRecord
 
 __all__ = ["SqliteDatabase", "SqliteDatabases", "SqliteTaskStore"]
@@ -147,7 +147,27 @@ CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished);
 CREATE TABLE IF NOT EXISTS paused_scopes (scope TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS cancel_requests (task_id TEXT PRIMARY KEY, requested REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS cancel_requests_requested ON cancel_requests (requested);
+CREATE TABLE IF NOT EXISTS parked (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    key TEXT,
+    partition TEXT,
+    attributes TEXT NOT NULL,
+    data BLOB,
+    headers TEXT NOT NULL,
+    record TEXT NOT NULL,
+    not_before REAL NOT NULL,
+    owner TEXT NOT NULL,
+    lease_until REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS parked_owner ON parked (pipeline, owner, tenant, seq);
 """
+
+_PARKED_COLUMNS = (
+    "seq, pipeline, tenant, task_id, key, partition, attributes, data, headers, record, not_before"
+)
 
 _UPSERT = (
     "INSERT INTO tasks (id, pipeline, state, tenant, received, finished, doc) "
@@ -315,6 +335,86 @@ class SqliteTaskStore:
             ).fetchall()
         )
         return [(row[0], row[1]) for row in rows]
+
+    async def park(self, items: Sequence[Parked], *, owner: str, lease_until: float) -> None:
+        rows = [
+            (
+                p.pipeline, p.tenant, p.task_id, p.key, p.partition, p.attributes, p.data,
+                p.headers, p.record, p.not_before, owner, lease_until,
+            )
+            for p in items
+        ]  # fmt: skip
+        await self.db.write(
+            lambda conn: conn.executemany(
+                "INSERT INTO parked (pipeline, tenant, task_id, key, partition, attributes, data,"
+                " headers, record, not_before, owner, lease_until)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        )
+
+    async def parked(
+        self, pipeline: str, tenant: str, *, owner: str, after: int, limit: int
+    ) -> list[Parked]:
+        rows = await self.db.run(
+            lambda conn: conn.execute(
+                f"SELECT {_PARKED_COLUMNS} FROM parked WHERE pipeline = ? AND owner = ?"
+                " AND tenant = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (pipeline, owner, tenant, after, limit),
+            ).fetchall()
+        )
+        return [_parked(row) for row in rows]
+
+    async def parked_counts(self, pipeline: str, *, owner: str) -> dict[str, int]:
+        rows = await self.db.run(
+            lambda conn: conn.execute(
+                "SELECT tenant, count(*) FROM parked WHERE pipeline = ? AND owner = ?"
+                " GROUP BY tenant",
+                (pipeline, owner),
+            ).fetchall()
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def unpark(self, seqs: Sequence[int]) -> None:
+        rows = [(seq,) for seq in seqs]
+        await self.db.write(lambda conn: conn.executemany("DELETE FROM parked WHERE seq = ?", rows))
+
+    async def renew_leases(self, owner: str, *, until: float) -> None:
+        await self.db.write(
+            lambda conn: conn.execute(
+                "UPDATE parked SET lease_until = ? WHERE owner = ?", (until, owner)
+            )
+        )
+
+    async def claim_parked(self, pipeline: str, *, owner: str, now: float, until: float) -> int:
+        count: list[int] = []
+
+        def claim(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE parked SET owner = ?, lease_until = ?"
+                " WHERE pipeline = ? AND owner != ? AND lease_until < ?",
+                (owner, until, pipeline, owner, now),
+            )
+            count.append(cursor.rowcount)
+
+        await self.db.write(claim)
+        return count[0] if count else 0
+
+
+def _parked(row: tuple[Any, ...]) -> Parked:
+    return Parked(
+        seq=row[0],
+        pipeline=row[1],
+        tenant=row[2],
+        task_id=row[3],
+        key=row[4],
+        partition=row[5],
+        attributes=row[6],
+        data=row[7],
+        headers=row[8],
+        record=row[9],
+        not_before=row[10],
+    )
 
 
 def _done() -> asyncio.Future[None]:

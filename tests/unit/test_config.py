@@ -80,6 +80,7 @@ def test_schema_is_loaded_once() -> None:
         ("30s", 30.0),
         ("5m", 300.0),
         ("1h", 3600.0),
+        ("7d", 604800.0),
         ("1m30s", 90.0),
         ("20ms", 0.02),
         ("45", 45.0),
@@ -91,7 +92,7 @@ def test_parse_duration(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["3 parsecs", "-1s", "", "1d", "s", "30 s", -1, True])
+@pytest.mark.parametrize("text", ["3 parsecs", "-1s", "", "s", "30 s", -1, True])
 def test_parse_duration_rejects(text: str | float) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(text)
