@@ -19,6 +19,7 @@ from consumer_core.outcome import Outcome
 
 if TYPE_CHECKING:
     from consumer_core.admin.metrics import Metrics
+    from consumer_core.admin.tracing import Tracing
     from consumer_core.store.base import TaskStore
     from consumer_core.store.sqlite import SqliteDatabases
 
@@ -224,5 +225,6 @@ class Resources:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("bridge"))
     clock: Clock = time.monotonic
     databases: SqliteDatabases
+    tracing: Tracing
     intake: dict[str, Intake] = field(default_factory=dict)
     """Embedded sources register their intake here, by pipeline name."""

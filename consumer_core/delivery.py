@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from consumer_core.admin.tracing import Tracing
 from consumer_core.contracts import Sink
 from consumer_core.errors import PartialFailure, SinkError
 from consumer_core.events import CloudEvent, structured_dict
@@ -85,13 +86,27 @@ class ResultDelivery:
     async def _deliver(self, batch: list[Task]) -> None:
         succeeded = [t.result for t in batch if t.record.state is TaskState.SUCCEEDED]
         failed = [t.result for t in batch if t.record.state is not TaskState.SUCCEEDED]
+        ok_tasks = [t for t in batch if t.record.state is TaskState.SUCCEEDED]
+        failed_tasks = [t for t in batch if t.record.state is not TaskState.SUCCEEDED]
         jobs = [
-            (sink, [e for e in events if e is not None])
-            for sinks, events in ((self.on_success, succeeded), (self.on_failure, failed))
+            (sink, [e for e in events if e is not None], tasks)
+            for sinks, events, tasks in (
+                (self.on_success, succeeded, ok_tasks),
+                (self.on_failure, failed, failed_tasks),
+            )
             for sink in sinks
             if events
         ]
-        await asyncio.gather(*(self._emit_until_done(sink, events) for sink, events in jobs))
+        await asyncio.gather(*(self._send(sink, events, tasks) for sink, events, tasks in jobs))
+
+    async def _send(self, sink: Sink, events: list[CloudEvent], tasks: list[Task]) -> None:
+        tracing = self.pipeline.tracing
+        spans = tracing.send(sink.name, [t.span for t in tasks]) if tracing.enabled else []
+        try:
+            await self._emit_until_done(sink, events)
+        finally:
+            for span in spans:
+                Tracing.end(span)
 
     async def _emit_until_done(self, sink: Sink, events: list[CloudEvent]) -> None:
         delay = 0.05

@@ -97,7 +97,7 @@ class Parking:
             partition=delivery.partition,
             attributes=attributes_json(task.event),
             data=_data(task),
-            headers=json.dumps(dict(delivery.headers)),
+            headers=json.dumps({**delivery.headers, "traceparent": task.traceparent}),
             record=json.dumps(record.to_json()),
             not_before=task.not_before,
         )

@@ -31,6 +31,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry.trace import Span
+
+from consumer_core.admin.tracing import Tracing
 from consumer_core.config.model import Ordering, PipelineConfig, TargetMode
 from consumer_core.contracts import (
     Delivery,
@@ -80,7 +83,9 @@ class Task:
         "result",
         "retry_handle",
         "seq",
+        "span",
         "traceparent",
+        "wait_span",
     )
 
     def __init__(
@@ -102,6 +107,9 @@ class Task:
         """The lane of the invocation in flight, while one is."""
         self.not_before = 0.0
         """Wall-clock time the next attempt is due (retry backoff), 0 when due now."""
+        self.span: Span | None = None
+        """The task's CONSUMER span, when tracing is on."""
+        self.wait_span: Span | None = None
 
 
 class Pipeline:
@@ -126,6 +134,7 @@ class Pipeline:
         self.target = target
         self.res = resources
         self.store = resources.store
+        self.tracing = resources.tracing
         self.shutdown_timeout = shutdown_timeout
         self.dedup_window = dedup_window
         c = config.concurrency
@@ -387,7 +396,15 @@ class Pipeline:
     def _track(self, record: TaskRecord, event: CloudEvent, delivery: Delivery) -> Task:
         task = Task(record, event, delivery, self._gate_for(delivery), next(self._arrivals))
         parent = incoming_traceparent(delivery.headers, event.get_attributes().get("traceparent"))
-        task.traceparent = child_traceparent(parent)
+        if self.tracing.enabled:
+            task.span = self.tracing.consume(
+                pipeline=self.name,
+                source_type=self.config.source.type,
+                message_id=delivery.event_id,
+                parent=parent,
+                facts=delivery.attributes,
+            )
+        task.traceparent = Tracing.traceparent(task.span) or child_traceparent(parent)
         self.live[record.id] = task
         self.tenant_live[record.tenant] += 1
         self.store.save(record)
@@ -408,7 +425,16 @@ class Pipeline:
             self._enqueue(task)
 
     def forget(self, task: Task) -> None:
-        """Drop a task from memory without settling it (parked, or revoked)."""
+        """Drop a task from memory (settled, parked, or revoked)."""
+        if task.wait_span is not None:
+            Tracing.end(task.wait_span)
+            task.wait_span = None
+        if task.span is not None:
+            error = None
+            if task.record.state in (TaskState.FAILED, TaskState.CANCELLED):
+                error = (task.record.error or {}).get("kind", "failed")
+            Tracing.end(task.span, error=error, state=task.record.state.value)
+            task.span = None
         if self.live.pop(task.record.id, None) is not None:
             self.tenant_live[task.record.tenant] -= 1
             if self.tenant_live[task.record.tenant] <= 0:
@@ -514,9 +540,10 @@ class Pipeline:
             self.m_retries.inc(sum(1 for t in batch if t.record.attempts > 1))
         t0 = time.monotonic()
         try:
-            outcomes = await self.target.invoke(
-                [t.event for t in batch], attempt=attempt, traceparent=batch[0].traceparent
-            )
+            with Tracing.active(batch[0].span):
+                outcomes = await self.target.invoke(
+                    [t.event for t in batch], attempt=attempt, traceparent=batch[0].traceparent
+                )
         finally:
             lane.inflight -= 1
             for task in batch:
@@ -601,11 +628,14 @@ class Pipeline:
         record.error = {"kind": kind.value, "message": outcome.message, "status": outcome.status}
         self._move(task, TaskState.RETRYING)
         task.not_before = time.time() + delay
+        task.wait_span = self.tracing.retry_wait(task.span, attempt=attempts, delay=delay)
         task.retry_handle = asyncio.get_running_loop().call_later(delay, self._retry_due, task)
 
     def _retry_due(self, task: Task) -> None:
         task.retry_handle = None
         task.not_before = 0.0
+        Tracing.end(task.wait_span)
+        task.wait_span = None
         if task.cancelled or self.stopping or self._dropped_if_revoked(task):
             return
         if task.record.id not in self.live:

@@ -20,6 +20,7 @@ from connectors import load_source
 from connectors.function import HttpTarget
 from consumer_core.admin.app import AdminServer
 from consumer_core.admin.metrics import Metrics
+from consumer_core.admin.tracing import Tracing, tracing_from_env
 from consumer_core.config.model import BridgeConfig, PipelineConfig
 from consumer_core.contracts import Resources, Sink
 from consumer_core.pipeline import Pipeline, run_pipeline
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 class Runner:
     """Builds and runs everything a ``BridgeConfig`` describes."""
 
-    def __init__(self, config: BridgeConfig, *, base_dir: Path | None = None) -> None:
+    def __init__(
+        self, config: BridgeConfig, *, base_dir: Path | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.config = config
         self.base_dir = base_dir or Path.cwd()
         databases = SqliteDatabases()
@@ -45,6 +48,7 @@ class Runner:
             base_dir=self.base_dir,
             state_url=config.state.url,
             databases=databases,
+            tracing=tracing if tracing is not None else tracing_from_env(),
         )
         self.pipelines: dict[str, Pipeline] = {}
         self.server = AdminServer(self, config.server)
@@ -63,7 +67,11 @@ class Runner:
         return Pipeline(
             pc,
             source=source,
-            target=HttpTarget(pc.target, pool_size=pc.concurrency.max),
+            target=HttpTarget(
+                pc.target,
+                pool_size=pc.concurrency.max,
+                trace_configs=res.tracing.client_trace_configs(),
+            ),
             on_success=sinks(pc.on_success),
             on_failure=sinks(pc.on_failure),
             resources=res,
@@ -104,6 +112,7 @@ class Runner:
         finally:
             await self.server.stop()
             await self.resources.store.close()
+            self.resources.tracing.shutdown()
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)

@@ -23,8 +23,15 @@ __all__ = ["HttpTarget"]
 class HttpTarget:
     """Posts events to ``spec.url`` in binary, structured or batch mode."""
 
-    def __init__(self, spec: TargetSpec, *, pool_size: int) -> None:
+    def __init__(
+        self,
+        spec: TargetSpec,
+        *,
+        pool_size: int,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    ) -> None:
         self.spec = spec
+        self.trace_configs = list(trace_configs)
         self.url = spec.url
         self.pool_size = pool_size
         self._static = dict(spec.headers)
@@ -36,6 +43,7 @@ class HttpTarget:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.spec.timeout),
             skip_auto_headers=("User-Agent",),
+            trace_configs=self.trace_configs or None,
         )
 
     async def close(self) -> None:

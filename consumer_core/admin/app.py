@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from consumer_core.admin.page import add_routes as add_status_page
 from consumer_core.config.model import ServerConfig
 from consumer_core.events import CloudEvent, from_http, wrap
 from consumer_core.store.base import TaskQuery
@@ -64,6 +65,7 @@ class AdminServer:
                 web.get("/v1/tasks/{id:.+}", self.get_task),
             ]
         )
+        add_status_page(app, self.runner)
         return app
 
     async def start(self) -> None:

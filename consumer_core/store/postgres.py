@@ -12,6 +12,7 @@ not race on ``CREATE TABLE``)::
                      pipeline, state, tenant, received, finished, doc (jsonb)
     paused_scopes    scope
     cancel_requests  task_id, requested
+    parked           seq, pipeline, tenant, task_id, ..., owner, lease_until (see ``Parked``)
 
 A flush is one ``executemany`` upsert (``INSERT ... ON CONFLICT (id) DO UPDATE``) of the
 whole batch in one transaction, rows sorted by id so that two instances writing the
@@ -32,7 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg  # type: ignore[import-untyped]
 
 from consumer_core.errors import StoreError
-from consumer_core.store.base import TaskQuery
+from consumer_core.store.base import Parked, TaskQuery
 from consumer_core.store.writebehind import WriteBehind
 from consumer_core.tasks import TERMINAL, TaskRecord
 
@@ -46,6 +47,10 @@ POOL_SIZE = 4
 
 Row = tuple[str, str, str, str, float | None, float | None, str]
 """id, pipeline, state, tenant, received, finished, doc (JSON text)."""
+
+CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 60.0
+"""Seconds before a statement fails (a flush is then retried); bounds a hung server."""
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -71,7 +76,30 @@ CREATE TABLE IF NOT EXISTS {s}.cancel_requests (
     requested DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cancel_requests_requested ON {s}.cancel_requests (requested);
+CREATE TABLE IF NOT EXISTS {s}.parked (
+    seq BIGSERIAL PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    key TEXT,
+    partition TEXT,
+    attributes TEXT NOT NULL,
+    data BYTEA,
+    headers TEXT NOT NULL,
+    record TEXT NOT NULL,
+    not_before DOUBLE PRECISION NOT NULL,
+    owner TEXT NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS parked_owner ON {s}.parked (pipeline, owner, tenant, seq);
+CREATE INDEX IF NOT EXISTS parked_lease ON {s}.parked (pipeline, lease_until);
 """
+
+_PARKED_COLUMNS = (
+    "seq, pipeline, tenant, task_id, key, partition, attributes, data, headers, record, not_before"
+)
+
+_TABLES = ("tasks", "paused_scopes", "cancel_requests", "parked")
 
 _UPSERT = """
 INSERT INTO {s}.tasks (id, pipeline, state, tenant, received, finished, doc)
@@ -176,20 +204,39 @@ class PostgresTaskStore:
 
     async def open(self) -> None:
         try:
-            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE, timeout=10)
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=POOL_SIZE,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
+            )
         except _ERRORS as exc:
             raise StoreError(f"connecting to {self!r}: {exc}") from exc
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"bridge-schema:{self.schema}"
-                )
-                await conn.execute(_SCHEMA.format(s=self._s))
+            async with pool.acquire() as conn:
+                await self._create_tables(conn)
         except _ERRORS as exc:
             await pool.close()
             raise StoreError(f"creating tables in {self!r}: {exc}") from exc
         self._pool = pool
         self._buffer.start()
+
+    async def _create_tables(self, conn: Any) -> None:
+        """Create what is missing. When every table exists, no DDL runs at all, so a role
+        that may only read and write rows can use tables an administrator created."""
+        present = await conn.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = ANY($2)",
+            self.schema,
+            list(_TABLES),
+        )
+        if present == len(_TABLES):
+            return
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", f"bridge-schema:{self.schema}"
+            )
+            await conn.execute(_SCHEMA.format(s=self._s))
 
     async def close(self) -> None:
         try:
@@ -311,3 +358,69 @@ class PostgresTaskStore:
             since,
         )
         return [(row["task_id"], row["requested"]) for row in rows]
+
+    async def park(self, items: Sequence[Parked], *, owner: str, lease_until: float) -> None:
+        rows = [
+            (
+                p.pipeline, p.tenant, p.task_id, p.key, p.partition, p.attributes, p.data,
+                p.headers, p.record, p.not_before, owner, lease_until,
+            )
+            for p in items
+        ]  # fmt: skip
+        if not rows:
+            return
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.executemany(
+                    f"INSERT INTO {self._s}.parked (pipeline, tenant, task_id, key, partition,"
+                    " attributes, data, headers, record, not_before, owner, lease_until)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    rows,
+                )
+        except _ERRORS as exc:
+            raise StoreError(f"parking {len(rows)} tasks in {self!r}: {exc}") from exc
+
+    async def parked(
+        self, pipeline: str, tenant: str, *, owner: str, after: int, limit: int
+    ) -> list[Parked]:
+        rows = await self._fetch(
+            f"SELECT {_PARKED_COLUMNS} FROM {self._s}.parked WHERE pipeline = $1 AND owner = $2"
+            " AND tenant = $3 AND seq > $4 ORDER BY seq LIMIT $5",
+            pipeline,
+            owner,
+            tenant,
+            after,
+            limit,
+        )
+        return [Parked(**dict(row)) for row in rows]
+
+    async def parked_counts(self, pipeline: str, *, owner: str) -> dict[str, int]:
+        rows = await self._fetch(
+            f"SELECT tenant, count(*) AS n FROM {self._s}.parked"
+            " WHERE pipeline = $1 AND owner = $2 GROUP BY tenant",
+            pipeline,
+            owner,
+        )
+        return {row["tenant"]: row["n"] for row in rows}
+
+    async def unpark(self, seqs: Sequence[int]) -> None:
+        if seqs:
+            await self._execute(
+                f"DELETE FROM {self._s}.parked WHERE seq = ANY($1::bigint[])", list(seqs)
+            )
+
+    async def renew_leases(self, owner: str, *, until: float) -> None:
+        await self._execute(
+            f"UPDATE {self._s}.parked SET lease_until = $1 WHERE owner = $2", until, owner
+        )
+
+    async def claim_parked(self, pipeline: str, *, owner: str, now: float, until: float) -> int:
+        status = await self._execute(
+            f"UPDATE {self._s}.parked SET owner = $1, lease_until = $2"
+            " WHERE pipeline = $3 AND owner <> $1 AND lease_until < $4",
+            owner,
+            until,
+            pipeline,
+            now,
+        )
+        return int(status.rsplit(" ", 1)[-1])

@@ -15,6 +15,7 @@ Keys, with ``P`` the prefix::
     P finished                id -> time it finished and was delivered (dedup, purge)
     P paused                  set of paused scopes
     P cancels                 task id -> time its cancel was requested
+    P parked:...              parked tasks (see ``consumer_core.store.redis_parking``)
 
 Each record is written by a Lua script that reads the stored state and moves the id
 between index sets, so a task's document and its index entries change together,
@@ -27,6 +28,7 @@ would buy nothing but a longer stall of the server for everybody else.
 a Redis restart is the server's configuration (``appendonly yes`` with
 ``appendfsync everysec`` loses at most a second; without persistence a restart loses
 everything). Keys are built inside the scripts, so Redis Cluster is not supported.
+Needs Redis 6.2 or newer (``ZMSCORE``, ``ZRANGE ... BYLEX``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from redis.exceptions import RedisError
 
 from consumer_core.errors import ConfigError, ConfigProblem, StoreError
 from consumer_core.store.base import TaskQuery
+from consumer_core.store.redis_parking import RedisParking
 from consumer_core.store.writebehind import WriteBehind
 from consumer_core.tasks import TERMINAL, TaskRecord
 
@@ -54,6 +57,10 @@ DEFAULT_PREFIX = "bridge:"
 SCRIPT_CHUNK = 200
 """Records per script call: long enough to amortise a call, short enough not to stall."""
 READ_CHUNK = 1000
+SOCKET_TIMEOUT = 30.0
+"""Seconds before a call to an unresponsive server fails (and a flush is retried)."""
+SCAN_BUDGET = 1000
+"""Index entries a query script looks at per call, bounding how long it holds the server."""
 
 Row = tuple[str, str, str, str, str, str, str]
 """id, pipeline, state, tenant, received, finished, doc ('' for a missing time)."""
@@ -89,16 +96,41 @@ end
 return (#ARGV - 1) / 7
 """
 
+_SCAN = """
+local p, index, start = ARGV[1], ARGV[2], ARGV[3]
+local limit, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
+local pipeline, state, tenant = ARGV[6], ARGV[7], ARGV[8]
+local from, to = tonumber(ARGV[9]), tonumber(ARGV[10])
+local out = {''}
+local ids = redis.call('ZRANGE', index, start, '+', 'BYLEX', 'LIMIT', 0, budget)
+for _, id in ipairs(ids) do
+  local t = redis.call('HMGET', p .. 'task:' .. id, 'pipeline', 'state', 'tenant', 'received',
+                       'doc')
+  local received = tonumber(t[4])
+  if t[1]
+      and (pipeline == '' or '=' .. t[1] == pipeline)
+      and (state == '' or '=' .. t[2] == state)
+      and (tenant == '' or '=' .. t[3] == tenant)
+      and (not from or (received and received >= from))
+      and (not to or (received and received < to)) then
+    out[#out + 1] = t[5]
+    if #out > limit then return out end
+  end
+end
+if #ids == budget then out[1] = ids[#ids] end
+return out
+"""
+
 _DELETE_FINISHED = """
-local p, cutoff, deleted = ARGV[1], tonumber(ARGV[2]), 0
+local p, cutoff, deleted, dropped = ARGV[1], tonumber(ARGV[2]), 0, 0
 for i = 3, #ARGV do
   local id = ARGV[i]
   local key = p .. 'task:' .. id
   local t = redis.call('HMGET', key, 'pipeline', 'state', 'tenant', 'finished')
   local finished = tonumber(t[4])
-  if not t[1] then
-    redis.call('ZREM', p .. 'finished', id)
-  elseif finished and finished < cutoff then
+  if not t[1] or not finished then
+    dropped = dropped + redis.call('ZREM', p .. 'finished', id)
+  elseif finished < cutoff then
     redis.call('ZREM', p .. 'idx:all', id)
     redis.call('ZREM', p .. 'idx:p:' .. t[1], id)
     redis.call('ZREM', p .. 'idx:ps:' .. t[1] .. ':' .. t[2], id)
@@ -109,10 +141,8 @@ for i = 3, #ARGV do
     deleted = deleted + 1
   end
 end
-return deleted
+return {deleted, dropped}
 """
-
-_FIELDS = ("pipeline", "state", "tenant", "received", "doc")
 
 
 def parse_redis_url(url: str) -> tuple[str, str]:
@@ -138,6 +168,11 @@ def _time(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
+def _wanted(value: str | None) -> str:
+    """A filter argument for ``_SCAN``: '' matches anything, '=x' only x."""
+    return "" if value is None else "=" + value
+
+
 def _row(record: TaskRecord) -> Row:
     doc = record.to_json()
     if record.event is not None:
@@ -155,27 +190,7 @@ def _row(record: TaskRecord) -> Row:
     )
 
 
-def _matches(query: TaskQuery, fields: Sequence[str | None]) -> bool:
-    pipeline, state, tenant, received_text, _ = fields
-    if pipeline is None:  # deleted since the index was read
-        return False
-    if query.pipeline is not None and pipeline != query.pipeline:
-        return False
-    if query.state is not None and state != query.state.value:
-        return False
-    if query.tenant is not None and tenant != query.tenant:
-        return False
-    if query.received_from is None and query.received_to is None:
-        return True
-    if not received_text:
-        return False
-    received = float(received_text)
-    if query.received_from is not None and received < query.received_from:
-        return False
-    return query.received_to is None or received < query.received_to
-
-
-class RedisTaskStore:
+class RedisTaskStore(RedisParking):
     """Task records in Redis, write-behind (see ``TaskStore`` and the module docstring)."""
 
     def __init__(self, url: str, *, flush_interval: float = 0.02) -> None:
@@ -188,6 +203,7 @@ class RedisTaskStore:
         )
         self._upsert: AsyncScript | None = None
         self._delete_finished: AsyncScript | None = None
+        self._scan: AsyncScript | None = None
 
     def __repr__(self) -> str:
         parts = urlsplit(self._client_url)
@@ -209,7 +225,13 @@ class RedisTaskStore:
         return script
 
     async def open(self) -> None:
-        client = Redis.from_url(self._client_url, decode_responses=True)
+        # The URL's own socket_timeout / socket_connect_timeout, if any, win.
+        client = Redis.from_url(
+            self._client_url,
+            decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+        )
         try:
             await client.ping()
         except RedisError as exc:
@@ -218,6 +240,8 @@ class RedisTaskStore:
         self._redis = client
         self._upsert = client.register_script(_UPSERT)
         self._delete_finished = client.register_script(_DELETE_FINISHED)
+        self._scan = client.register_script(_SCAN)
+        self._register_parking(client)
         self._buffer.start()
 
     async def close(self) -> None:
@@ -304,28 +328,25 @@ class RedisTaskStore:
 
     async def _query(self, query: TaskQuery) -> list[TaskRecord]:
         index = await self._index_for(query)
-        chunk = min(max(query.limit, 100), READ_CHUNK)
+        filters = [
+            _wanted(query.pipeline),
+            _wanted(query.state.value if query.state is not None else None),
+            _wanted(query.tenant),
+            _time(query.received_from),
+            _time(query.received_to),
+        ]
         start = "-" if query.after is None else "(" + query.after
         found: list[TaskRecord] = []
         while len(found) < query.limit:
-            ids = cast(
-                list[str],
-                await self.redis.zrange(index, start, "+", bylex=True, offset=0, num=chunk),
+            reply = await self._script(self._scan)(
+                keys=[],
+                args=[self.prefix, index, start, query.limit - len(found), SCAN_BUDGET, *filters],
             )
-            if not ids:
+            cursor, docs = reply[0], reply[1:]
+            found.extend(TaskRecord.from_json(json.loads(doc)) for doc in docs)
+            if not cursor:
                 break
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for tid in ids:
-                    pipe.hmget(self._key("task", tid), _FIELDS)
-                rows: list[list[str | None]] = await pipe.execute()
-            for fields in rows:
-                if _matches(query, fields):
-                    found.append(TaskRecord.from_json(json.loads(fields[4] or "")))
-                    if len(found) == query.limit:
-                        break
-            if len(ids) < chunk:
-                break
-            start = "(" + ids[-1]
+            start = "(" + cursor
         return found
 
     async def purge(self, *, finished_before: float) -> int:
@@ -345,12 +366,12 @@ class RedisTaskStore:
                 )
                 if not ids:
                     break
-                done: int = await self._script(self._delete_finished)(
+                done, dropped = await self._script(self._delete_finished)(
                     keys=[], args=[self.prefix, repr(finished_before), *ids]
                 )
                 deleted += done
-                if done == 0:
-                    break
+                if done + dropped == 0:
+                    break  # nothing removed: whatever is left is not ours to delete
             await self.redis.zremrangebyscore(self._key("cancels"), "-inf", f"({finished_before!r}")
         except RedisError as exc:
             raise StoreError(f"purging {self!r}: {exc}") from exc
