@@ -179,6 +179,8 @@ class Pipeline:
         self.results = ResultDelivery(self, on_success=on_success, on_failure=on_failure)
         self.parking = Parking(self, owner=f"{instance}/{self.name}")
         m = resources.metrics
+        self._ctx = {"pipeline": self.name}
+        """Context for structured log lines (``extra``)."""
         self.m_received = m.messages_received.labels(self.name)
         self.m_invoke = m.invoke_duration.labels(self.name)
         self.m_retries = m.retries.labels(self.name)
@@ -197,7 +199,7 @@ class Pipeline:
         if start is not None:
             await start()
         await self.parking.start()
-        log.info("pipeline %s started", self.name)
+        log.info("pipeline %s started", self.name, extra=self._ctx)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._receive_loop(), name=f"{self.name}:receive")
             group.create_task(self._dispatch_loop(), name=f"{self.name}:dispatch")
@@ -212,7 +214,12 @@ class Pipeline:
                 await self.source.connect()
                 return
             except NotConnected as exc:
-                log.warning("pipeline %s: source not connected (%s); retrying", self.name, exc)
+                log.warning(
+                    "pipeline %s: source not connected (%s); retrying",
+                    self.name,
+                    exc,
+                    extra=self._ctx,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -251,7 +258,7 @@ class Pipeline:
         await self.target.close()
         await self.results.close()
         await self.source.close()
-        log.info("pipeline %s stopped", self.name)
+        log.info("pipeline %s stopped", self.name, extra=self._ctx)
         raise _Stopped
 
     def _draining(self) -> bool:
@@ -269,7 +276,7 @@ class Pipeline:
         if isinstance(self.source, Pausable):
             await self.source.pause()
         self._mark_queued(lambda tenant: True, TaskState.PAUSED)
-        log.info("pipeline %s paused", self.name)
+        log.info("pipeline %s paused", self.name, extra=self._ctx)
 
     async def resume(self) -> None:
         if not self.paused:
@@ -280,14 +287,14 @@ class Pipeline:
         self._mark_queued(lambda tenant: tenant not in self.paused_tenants, TaskState.PENDING)
         self._resumed.set()
         self._wake.set()
-        log.info("pipeline %s resumed", self.name)
+        log.info("pipeline %s resumed", self.name, extra=self._ctx)
 
     def pause_tenant(self, tenant: str) -> None:
         if tenant in self.paused_tenants:
             return
         self.paused_tenants.add(tenant)
         self._mark_queued(lambda t: t == tenant, TaskState.PAUSED)
-        log.info("pipeline %s: tenant %s paused", self.name, tenant)
+        log.info("pipeline %s: tenant %s paused", self.name, tenant, extra=self._ctx)
 
     def resume_tenant(self, tenant: str) -> None:
         if tenant not in self.paused_tenants:
@@ -296,7 +303,7 @@ class Pipeline:
         if not self.paused:
             self._mark_queued(lambda t: t == tenant, TaskState.PENDING)
         self._wake.set()
-        log.info("pipeline %s: tenant %s resumed", self.name, tenant)
+        log.info("pipeline %s: tenant %s resumed", self.name, tenant, extra=self._ctx)
 
     def _mark_queued(self, which: Any, state: TaskState) -> None:
         for lane in self.all_lanes():
@@ -327,13 +334,17 @@ class Pipeline:
             try:
                 deliveries = await self.source.receive(min(room, 1000), 0.25)
             except NotConnected as exc:
-                log.warning("pipeline %s: source lost its connection (%s)", self.name, exc)
+                log.warning(
+                    "pipeline %s: source lost its connection (%s)", self.name, exc, extra=self._ctx
+                )
                 await asyncio.sleep(0.5)
                 await self._connect()
                 continue
             except FatalClientError as exc:
                 self.healthy, self.error = False, str(exc)
-                log.error("pipeline %s: source failed for good: %s", self.name, exc)
+                log.error(
+                    "pipeline %s: source failed for good: %s", self.name, exc, extra=self._ctx
+                )
                 self.stop()
                 return
             if deliveries:
@@ -675,7 +686,19 @@ class Pipeline:
             message=message,
             status=status,
         )
-        log.warning("task %s failed (%s): %s", record.id, kind.value, message)
+        log.warning(
+            "task %s failed (%s): %s",
+            record.id,
+            kind.value,
+            message,
+            extra={
+                **self._ctx,
+                "task_id": record.id,
+                "tenant": record.tenant,
+                "trace_id": task.traceparent[3:35],
+                "attempts": record.attempts,
+            },
+        )
         self._finished(task, "cancelled" if kind is ErrorKind.CANCELLED else "failed")
 
     def _finish_cancelled(self, task: Task) -> None:
@@ -749,7 +772,9 @@ class Pipeline:
         self.m_isolated.set(len(self.lanes))
         self.res.metrics.isolation_moves.labels(self.name, "promoted").inc()
         self._show_lane(lane)
-        log.warning("pipeline %s: tenant %s isolated: %s", self.name, tenant, reason)
+        log.warning(
+            "pipeline %s: tenant %s isolated: %s", self.name, tenant, reason, extra=self._ctx
+        )
 
     async def _spill(self) -> None:
         limit = self.thresholds.spill_after

@@ -180,6 +180,13 @@ async def test_permanent_and_exhausted_failures_reach_on_failure_with_the_reason
     assert task["state"] == "failed"
     assert task["attempts"] == 3
     assert [a["status"] for a in task["history"]] == [500, 500, 500]
+    lines = [json.loads(line) for line in bridge.log().splitlines() if line.startswith("{")]
+    (logged,) = [line for line in lines if line.get("task_id") == "jobs:e1"]
+    assert logged["level"] == "warning"
+    assert logged["pipeline"] == "jobs"
+    assert logged["tenant"] == "default"
+    assert len(logged["trace_id"]) == 32
+    assert not [line for line in lines if "e5" in line.get("msg", "")], "no line per success"
     assert all(
         task["timestamps"][s] is not None for s in ("received", "started", "finished", "delivered")
     )
