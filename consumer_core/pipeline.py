@@ -742,9 +742,9 @@ class Pipeline:
                 await self.parking.keep_leases()
 
     def _isolate(self, now: float) -> None:
-        shared_tenants = set(self.shared.queue.tenants()) | {
-            t for t, n in self.tenant_inflight.items() if n and t not in self.lanes
-        }
+        # Every tenant with work in the shared lane: queued, running, retrying or
+        # waiting behind its key.
+        shared_tenants = {t for t in self.tenant_live if t not in self.lanes}
         if len(shared_tenants) < 2 and not any(
             self.detector.verdict(t, now=now, inflight={}, backlog={}) for t in shared_tenants
         ):
