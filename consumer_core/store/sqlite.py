@@ -11,7 +11,6 @@ load instead of paying one fsync per message. The journal is WAL with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 
 from consumer_core.errors import StoreError
 from consumer_core.store.base import Parked, TaskQuery
+from consumer_core.store.writebehind import WriteBehind
 from consumer_core.tasks import TERMINAL, TaskRecord
 
 __all__ = ["SqliteDatabase", "SqliteDatabases", "SqliteTaskStore"]
@@ -199,49 +199,29 @@ class SqliteTaskStore:
 
     def __init__(self, db: SqliteDatabase, *, flush_interval: float = 0.02) -> None:
         self.db = db
-        self.flush_interval = flush_interval
-        self._dirty: dict[str, TaskRecord] = {}
-        self._flusher: asyncio.Task[None] | None = None
-        self._kick = asyncio.Event()
-        self._last_flush: asyncio.Future[None] | None = None
+        self._buffer: WriteBehind[tuple[Any, ...]] = WriteBehind(
+            f"sqlite:{db.path.name}", _row, self._write_rows, interval=flush_interval
+        )
 
     async def open(self) -> None:
         await self.db.open()
         await self.db.run(lambda conn: conn.executescript(_SCHEMA))
-        self._flusher = asyncio.create_task(self._flush_loop(), name="task-store-flush")
+        self._buffer.start()
 
     async def close(self) -> None:
-        await self.flush()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        await self.db.close()
+        try:
+            await self._buffer.stop()
+        finally:
+            await self.db.close()
+
+    async def _write_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        await self.db.write(lambda conn: conn.executemany(_UPSERT, rows))
 
     def save(self, record: TaskRecord) -> None:
-        self._dirty[record.id] = record
-        if len(self._dirty) >= 2000:
-            self._kick.set()
-
-    def _flush_now(self) -> asyncio.Future[None]:
-        if not self._dirty:
-            return self._last_flush or _done()
-        rows = [_row(r) for r in self._dirty.values()]
-        self._dirty = {}
-        self._last_flush = self.db.write(lambda conn: conn.executemany(_UPSERT, rows))
-        return self._last_flush
+        self._buffer.save(record)
 
     async def flush(self) -> None:
-        await self._flush_now()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.flush_interval)
-            self._kick.clear()
-            try:
-                await self._flush_now()
-            except StoreError:
-                continue  # logged by the writer; the records are rewritten next time they move
+        await self._buffer.flush()
 
     async def finished(self, ids: Sequence[str], *, since: float) -> set[str]:
         if not ids:
@@ -260,7 +240,7 @@ class SqliteTaskStore:
         return await self.db.run(select)
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        live = self._dirty.get(task_id)
+        live = self._buffer.pending(task_id)
         if live is not None:
             return live
         rows = await self.db.run(
@@ -415,12 +395,6 @@ def _parked(row: tuple[Any, ...]) -> Parked:
         record=row[9],
         not_before=row[10],
     )
-
-
-def _done() -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_result(None)
-    return future
 
 
 class SqliteDatabases:
