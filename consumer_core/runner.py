@@ -50,9 +50,11 @@ class Runner:
             databases=databases,
             tracing=tracing if tracing is not None else tracing_from_env(),
         )
-        self.pipelines: dict[str, Pipeline] = {}
         self.server = AdminServer(self, config.server)
         self.instance = config.state.instance or f"{socket.gethostname()}:{config.server.port}"
+        # Built now, so that what only a component can check (a TLS file, a missing
+        # client library) is a configuration error before anything starts.
+        self.pipelines: dict[str, Pipeline] = {pc.name: self._build(pc) for pc in config.pipelines}
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -89,8 +91,6 @@ class Runner:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
         await self.resources.store.open()
-        for pc in self.config.pipelines:
-            self.pipelines[pc.name] = self._build(pc)
         await self.server.start()
         try:
             async with asyncio.TaskGroup() as group:

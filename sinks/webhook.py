@@ -17,10 +17,11 @@ from typing import Self
 import aiohttp
 from cloudevents.core.bindings import http as ce_http
 
-from consumer_core.config.model import ComponentSpec
+from consumer_core.config.model import ComponentSpec, TlsSpec
 from consumer_core.contracts import Resources
 from consumer_core.errors import PartialFailure, SinkError
 from consumer_core.events import JSON_FORMAT, CloudEvent, partition_key, structured_bytes
+from consumer_core.tls import ssl_context
 from sinks.signing import SIGNATURE_HEADER, sign
 
 __all__ = ["WebhookSink"]
@@ -36,7 +37,9 @@ class WebhookSink:
         headers: dict[str, str] | None = None,
         secret: str | None = None,
         timeout: float = 10.0,
+        tls: TlsSpec | None = None,
     ) -> None:
+        self.ssl = ssl_context(tls or TlsSpec(), path=name)
         self.name = name
         self.url = url
         self.mode = mode
@@ -55,6 +58,7 @@ class WebhookSink:
             headers=dict(o.get("headers", {})),
             secret=o.get("secret"),
             timeout=float(o.get("timeout", 10.0)),
+            tls=o.get("tls"),
         )
 
     def __repr__(self) -> str:
@@ -63,7 +67,7 @@ class WebhookSink:
     async def connect(self) -> None:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
-            connector=aiohttp.TCPConnector(limit=64),
+            connector=aiohttp.TCPConnector(limit=64, ssl=self.ssl),
         )
 
     async def close(self) -> None:

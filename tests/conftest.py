@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +17,8 @@ async def function_server() -> AsyncIterator[Callable[..., FunctionServer]]:
     """Factory: ``await function_server(behaviour).start()`` -> a running server."""
     servers: list[FunctionServer] = []
 
-    def make(behaviour: Behaviour = echo) -> FunctionServer:
-        server = FunctionServer(behaviour)
+    def make(behaviour: Behaviour = echo, **kwargs: Any) -> FunctionServer:
+        server = FunctionServer(behaviour, **kwargs)
         servers.append(server)
         return server
 

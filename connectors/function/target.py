@@ -16,6 +16,7 @@ from connectors.function.classify import classify_exception, classify_response
 from consumer_core.config.model import TargetMode, TargetSpec
 from consumer_core.events import CloudEvent
 from consumer_core.outcome import Outcome, OutcomeKind
+from consumer_core.tls import ssl_context
 
 __all__ = ["HttpTarget"]
 
@@ -32,13 +33,18 @@ class HttpTarget:
     ) -> None:
         self.spec = spec
         self.trace_configs = list(trace_configs)
+        self.ssl = ssl_context(spec.tls, path="target")  # a bad file fails at start-up
         self.url = spec.url
         self.pool_size = pool_size
         self._static = dict(spec.headers)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0)
+        connector = aiohttp.TCPConnector(
+            limit=self.pool_size,
+            limit_per_host=0,
+            ssl=self.ssl,
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.spec.timeout),

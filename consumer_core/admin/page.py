@@ -280,6 +280,8 @@ margin-top:16px;padding:16px 18px}
 .tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(120px,1fr));gap:10px;
 margin:14px 0}
 .tile.wide{grid-column:span 3}
+.tile.two{grid-column:span 2}
+.bad{color:var(--red)}
 .tile{border:1px solid var(--line);border-radius:6px;padding:8px 12px}
 .tile .label{color:var(--mute);font-size:12px}
 .tile .value{font-size:22px;font-weight:600;font-variant-numeric:tabular-nums}
@@ -361,13 +363,23 @@ function fmt(n) {
 
 function clock(t) { return t ? new Date(t * 1000).toLocaleTimeString('en-GB') : '\u2014'; }
 
-function chart(series, now, label, W) {
+function span(list, now) {
+  const seen = list.length ? now - list[0].at : 0;
+  return Math.min(HISTORY, Math.max(60, seen));
+}
+
+function ago(seconds) {
+  if (seconds >= 120) return '-' + Math.round(seconds / 60) + ' min';
+  return '-' + Math.round(seconds) + ' s';
+}
+
+function chart(series, now, label, W, reach) {
   const H = 54, P = 3;
   const el = svg('svg', {viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'chart',
                          role: 'img'});
   el.append(svg('title', {}, label));
   const top = Math.max(1, ...series.flatMap(s => s.points.map(p => p[1]))) * 1.15;
-  const x = t => (P + (W - 2 * P) * (1 - (now - t) / HISTORY)).toFixed(1);
+  const x = t => (P + (W - 2 * P) * (1 - (now - t) / reach)).toFixed(1);
   const y = v => (H - P - (H - 2 * P) * v / top).toFixed(1);
   el.append(svg('line', {x1: P, x2: W - P, y1: H - P, y2: H - P, class: 'axis'}));
   for (const s of series) {
@@ -383,7 +395,7 @@ function chart(series, now, label, W) {
     }
   }
   el.append(svg('text', {x: W - P, y: 10, 'text-anchor': 'end'}, fmt(top / 1.15)));
-  el.append(svg('text', {x: P, y: H - 6}, '-5 min'));
+  el.append(svg('text', {x: P, y: H - 6}, ago(reach)));
   el.append(svg('text', {x: W - P, y: H - 6, 'text-anchor': 'end'}, 'now'));
   return el;
 }
@@ -416,8 +428,9 @@ function chips(list, field) {
 }
 
 function lanesTable(p, list, now) {
+  const reach = span(list, now);
   const rows = p.lanes.map(lane => {
-    const seen = list.filter(s => lane.name in s.lanes);
+    const seen = list.filter(s => lane.name in s.lanes && s.at >= now - reach);
     const series = [
       {cls: 'area', area: true, points: seen.map(s => [s.at, s.lanes[lane.name].inflight])},
       {cls: 'line', points: seen.map(s => [s.at, s.lanes[lane.name].window])},
@@ -427,14 +440,14 @@ function lanesTable(p, list, now) {
       h('td', {class: 'num'}, h('span', {field: 'window', lane: lane.name}, lane.window)),
       h('td', {class: 'num sub'}, lane.min + '\u2013' + lane.max),
       h('td', {}, chart(series, now, 'AIMD window (line) and in flight (area) of lane ' +
-                        lane.name + ', last 5 minutes', 480)),
+                        lane.name, 480, reach)),
       h('td', {class: 'num'}, h('span', {field: 'lane-inflight', lane: lane.name}, lane.inflight)),
       h('td', {class: 'num'}, lane.queued),
       h('td', {class: 'num'}, lane.parked));
   });
   return h('table', {field: 'lanes'},
     h('tr', {}, h('th', {}, 'lane'), h('th', {class: 'num'}, 'window'),
-      h('th', {class: 'num'}, 'bounds'), h('th', {}, 'window over the last 5 min'),
+      h('th', {class: 'num'}, 'bounds'), h('th', {}, 'window (line) and in flight (area)'),
       h('th', {class: 'num'}, 'in flight'), h('th', {class: 'num'}, 'queued'),
       h('th', {class: 'num'}, 'parked')),
     rows);
@@ -466,17 +479,22 @@ function card(p, stat, now) {
       h('span', {class: 'sub'}, p.source + ' source \u00b7 ordering ' + p.ordering)),
     p.error ? h('div', {class: 'error', field: 'error'}, p.error) : null,
     h('div', {class: 'tiles'},
-      h('div', {class: 'tile wide'}, h('div', {class: 'label'}, 'throughput (finished)'),
+      h('div', {class: 'tile wide'}, h('div', {class: 'label'}, 'throughput (finished, last 5 s)'),
         h('div', {class: 'value'}, h('span', {field: 'throughput'}, fmt(rate)),
           h('span', {class: 'unit'}, 'msgs/s')),
-        chart([{cls: 'rate', points: rates(list)}], now, 'finished tasks per second', 400)),
+        chart([{cls: 'rate', points: rates(list)}], now, 'finished tasks per second', 400,
+              span(list, now))),
       tile('in flight', p.inflight, '', 'inflight'),
       tile('lag', fmt(lagTotal), 'msgs', 'lag', lag.map(([k, v]) => k + ': ' + v).join('\n')),
       tile('tasks held', p.tasks, '', 'tasks'),
       tile('parked', p.parked, '', 'parked'),
-      tile('succeeded', fmt(fin.succeeded), '', 'succeeded'),
-      tile('failed', fmt(fin.failed), '', 'failed'),
-      tile('cancelled', fmt(fin.cancelled), '', 'cancelled')),
+      h('div', {class: 'tile two'}, h('div', {class: 'label'}, 'finished since start'),
+        h('div', {class: 'value'},
+          h('span', {field: 'succeeded'}, fmt(fin.succeeded)), h('span', {class: 'unit'}, 'ok '),
+          h('span', {field: 'failed', class: 'bad'}, fmt(fin.failed)),
+          h('span', {class: 'unit'}, 'failed '),
+          h('span', {field: 'cancelled'}, fmt(fin.cancelled)),
+          h('span', {class: 'unit'}, 'cancelled')))),
     h('h3', {}, 'Lanes (AIMD windows)'), lanesTable(p, list, now),
     h('h3', {}, 'Isolated tenants'), chips(p.isolated_tenants, 'isolated'),
     h('h3', {}, 'Paused tenants'), chips(p.paused_tenants, 'paused'),

@@ -38,6 +38,7 @@ from consumer_core.config.model import (
     TargetSpec,
     TenantFrom,
     TenantSpec,
+    TlsSpec,
 )
 from consumer_core.config.validate import (
     Issue,
@@ -301,16 +302,32 @@ def _build(data: dict[str, Any], file: Path, base_dir: Path) -> BridgeConfig:
     )
 
 
-def _component(spec: dict[str, Any], path: str) -> ComponentSpec:
+def _component(spec: dict[str, Any], path: str, base_dir: Path) -> ComponentSpec:
     options = {key: value for key, value in spec.items() if key != "type"}
+    if isinstance(options.get("tls"), dict):
+        options["tls"] = tls_spec(options["tls"], base_dir)
     return ComponentSpec(type=spec["type"], options=options, path=path)
+
+
+def tls_spec(data: dict[str, Any], base_dir: Path) -> TlsSpec:
+    """A ``tls:`` block with its files resolved against the pipeline file's folder."""
+
+    def resolve(key: str) -> Path | None:
+        return (base_dir / data[key]).resolve() if data.get(key) else None
+
+    return TlsSpec(
+        ca_file=resolve("ca_file"),
+        cert_file=resolve("cert_file"),
+        key_file=resolve("key_file"),
+        verify=bool(data.get("verify", True)),
+    )
 
 
 def _pipeline(data: dict[str, Any], path: str, base_dir: Path) -> PipelineConfig:
     target, isolation, tenant = data["target"], data["isolation"], data.get("tenant")
     return PipelineConfig(
         name=data["name"],
-        source=_component(data["source"], f"{path}.source"),
+        source=_component(data["source"], f"{path}.source", base_dir),
         target=TargetSpec(
             type=target["type"],
             url=target["url"],
@@ -319,6 +336,7 @@ def _pipeline(data: dict[str, Any], path: str, base_dir: Path) -> PipelineConfig
             batch_max_events=target["batch"]["max_events"],
             batch_max_wait=target["batch"]["max_wait"],
             headers=dict(target["headers"]),
+            tls=tls_spec(target.get("tls", {}), base_dir),
         ),
         ordering=Ordering(data["ordering"]),
         tenant=None
@@ -334,11 +352,11 @@ def _pipeline(data: dict[str, Any], path: str, base_dir: Path) -> PipelineConfig
             options={key: value for key, value in isolation.items() if key != "enabled"},
         ),
         on_success=tuple(
-            _component(sink, f"{path}.on_success[{index}]")
+            _component(sink, f"{path}.on_success[{index}]", base_dir)
             for index, sink in enumerate(data["on_success"])
         ),
         on_failure=tuple(
-            _component(sink, f"{path}.on_failure[{index}]")
+            _component(sink, f"{path}.on_failure[{index}]", base_dir)
             for index, sink in enumerate(data["on_failure"])
         ),
     )

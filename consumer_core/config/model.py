@@ -30,6 +30,7 @@ __all__ = [
     "TargetSpec",
     "TenantFrom",
     "TenantSpec",
+    "TlsSpec",
 ]
 
 
@@ -100,6 +101,16 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSpec:
+    """TLS for HTTPS: files resolved against the pipeline file's folder."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TargetSpec:
     type: str = "http"
     url: str
@@ -108,6 +119,7 @@ class TargetSpec:
     batch_max_events: int = 100
     batch_max_wait: float = 0.02
     headers: Mapping[str, str] = field(default_factory=dict)
+    tls: TlsSpec = field(default_factory=TlsSpec)
 
     def __repr__(self) -> str:
         return (

@@ -49,12 +49,14 @@ def echo(call: Call) -> Reply:
 
 
 class FunctionServer:
-    def __init__(self, behaviour: Behaviour = echo) -> None:
+    def __init__(self, behaviour: Behaviour = echo, *, ssl_context: Any = None) -> None:
         self.behaviour = behaviour
+        self.ssl_context = ssl_context
         self.calls: list[Call] = []
         self.requests = 0
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/fn"
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/fn"
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> FunctionServer:
@@ -62,7 +64,8 @@ class FunctionServer:
         app.router.add_post("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context)
+        await site.start()
         return self
 
     async def stop(self) -> None:
