@@ -7,6 +7,11 @@ insertion order *is* deadline order, and an extended message moves to the back).
 ``Batcher`` collects items (receipt handles to delete, visibility changes) and hands
 them to a send function ten at a time, after lingering a few milliseconds for a
 batch to fill, with a bounded number of calls in flight.
+
+``settle_entries`` makes one DeleteMessageBatch/ChangeMessageVisibilityBatch call and
+deals with what failed: transient failures are sent again (only those entries),
+expired receipt handles are logged (SQS delivers the message again and the core drops
+the copy as a duplicate), a call that keeps failing is given up after a few attempts.
 """
 
 from __future__ import annotations
@@ -14,11 +19,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["Batcher", "Handle", "InFlight"]
+from consumer_core.errors import FatalClientError, NotConnected
+
+__all__ = ["GONE_CODES", "Batcher", "Handle", "InFlight", "settle_entries"]
+
+log = logging.getLogger(__name__)
+
+SETTLE_ATTEMPTS: Final = 5
+GONE_CODES: Final = frozenset(
+    {
+        "AWS.SimpleQueueService.MessageNotInflight",
+        "InvalidParameterValue",
+        "MessageNotInflight",
+        "ReceiptHandleIsInvalid",
+    }
+)
+"""Per-entry codes meaning the receipt handle no longer works (expired, or settled)."""
 
 T = TypeVar("T")
 
@@ -124,6 +145,8 @@ class Batcher(Generic[T]):
         self._slots = asyncio.Semaphore(concurrency)
         self._calls: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.stopped = asyncio.Event()
+        """Set once ``run`` returned after ``stop``: everything was sent."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -154,6 +177,7 @@ class Batcher(Generic[T]):
             call.add_done_callback(self._calls.discard)
         if self._calls:
             await asyncio.gather(*self._calls)
+        self.stopped.set()
 
     async def _full(self) -> None:
         while len(self._items) < self._size and not self._stopping:
@@ -165,3 +189,74 @@ class Batcher(Generic[T]):
             await self._send(batch)
         finally:
             self._slots.release()
+
+
+async def settle_entries(
+    call: Callable[..., Awaitable[Any]],
+    entries: list[tuple[dict[str, Any], Handle]],
+    *,
+    queue: str,
+    action: str,
+) -> list[Handle]:
+    """Send ``entries`` through ``call(Entries=...)``; return the handles that went through.
+
+    ``call`` raises ``NotConnected`` or ``FatalClientError``. Never raises itself: a
+    settle that is lost only means a redelivery, which the core deduplicates.
+    """
+    pending = entries
+    done: list[Handle] = []
+    for attempt in range(SETTLE_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(0.1 * 2**attempt)
+        try:
+            answer = await call(Entries=[{"Id": str(i), **e} for i, (e, _) in enumerate(pending)])
+        except NotConnected as exc:
+            log.debug("sqs source %s: %s (attempt %d)", queue, exc, attempt + 1)
+            continue
+        except FatalClientError as exc:
+            log.error("sqs source %s: %s", queue, exc)
+            return done
+        failed = {int(f["Id"]): f for f in answer.get("Failed") or []}
+        done.extend(h for i, (_, h) in enumerate(pending) if i not in failed)
+        retry = [
+            pending[i]
+            for i, f in failed.items()
+            if _worth_retrying(f, pending[i][1], queue, action)
+        ]
+        if not retry:
+            return done
+        pending = retry
+    log.warning(
+        "sqs source %s: %s: gave up on %d messages after %d attempts",
+        queue,
+        action,
+        len(pending),
+        SETTLE_ATTEMPTS,
+    )
+    return done
+
+
+def _worth_retrying(failed: dict[str, Any], handle: Handle, queue: str, action: str) -> bool:
+    """Log why an entry failed; True when sending it again may work."""
+    code = str(failed.get("Code", ""))
+    if code in GONE_CODES:
+        log.warning(
+            "sqs source %s: %s: receipt handle of message %s no longer valid (%s); "
+            "SQS delivers it again and the bridge drops the copy as a duplicate",
+            queue,
+            action,
+            handle.message_id,
+            code,
+        )
+        return False
+    if failed.get("SenderFault"):
+        log.warning(
+            "sqs source %s: %s: message %s refused: %s %s",
+            queue,
+            action,
+            handle.message_id,
+            code,
+            failed.get("Message", ""),
+        )
+        return False
+    return True

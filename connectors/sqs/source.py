@@ -23,12 +23,10 @@ ack       DeleteMessageBatch (ten at a time, sent within a few ms); entries
           the copy as a duplicate of a finished task
 nack      ChangeMessageVisibility to ``delay`` (0 when none): SQS delivers it
           again after that
+reject    (the task failed for good; its failure event reached ``on_failure``)
+          with a redrive policy on the queue: move the message to its
+          dead-letter queue (``connectors.sqs.deadletter``); without: delete
 ========  ==================================================================
-
-On a task's final failure the core emits its ``bridge.task.failed`` event to the
-``on_failure`` sinks and then acks, so the message is deleted, also when no
-``on_failure`` sink is configured: the queue's redrive policy does not see
-failures the bridge finished (see docs/connectors/sqs.md).
 
 Ordering: on a FIFO queue the ordering key and the partition are the message's
 MessageGroupId (groups run in parallel, a group in order; SQS itself hands out a
@@ -52,9 +50,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
 
 from connectors.sqs.client import AwsClient, AwsEndpoint, queue_name
+from connectors.sqs.deadletter import dead_letter_entry, resolve_dead_letter_queue
 from connectors.sqs.decode import decode_message
 from connectors.sqs.errors import map_aws_errors
-from connectors.sqs.settle import Batcher, Handle, InFlight
+from connectors.sqs.settle import Batcher, Handle, InFlight, settle_entries
 from consumer_core.config.model import ComponentSpec
 from consumer_core.contracts import Clock, Delivery, Resources
 from consumer_core.errors import FatalClientError, NotConnected
@@ -66,19 +65,15 @@ log = logging.getLogger(__name__)
 MAX_PER_RECEIVE: Final = 10
 MAX_VISIBILITY: Final = 43200
 LAG_INTERVAL: Final = 5.0
-SETTLE_ATTEMPTS: Final = 5
+HEARTBEAT_CALLS: Final = 4
+"""Most ChangeMessageVisibilityBatch calls the heartbeat has in flight at once."""
+IDLE_PAUSE: Final = 0.2
+"""Pause after an empty short poll (``wait_time: 0``), so an idle queue is not hammered."""
 CLOSE_TIMEOUT: Final = 10.0
-GONE_CODES: Final = frozenset(
-    {
-        "AWS.SimpleQueueService.MessageNotInflight",
-        "InvalidParameterValue",
-        "MessageNotInflight",
-        "ReceiptHandleIsInvalid",
-    }
-)
-"""Per-entry codes meaning the receipt handle no longer works (expired, or settled)."""
-
+DELETE_LINGER: Final = 0.005
+"""How long an ack waits for others to share its DeleteMessageBatch call."""
 Release = tuple[Handle, int]
+DeadLetter = tuple[Handle, dict[str, Any]]
 
 
 def _visibility_seconds(value: float | None) -> int:
@@ -86,18 +81,25 @@ def _visibility_seconds(value: float | None) -> int:
 
 
 class SQSDelivery(Delivery):
-    __slots__ = ("handle", "source")
+    __slots__ = ("handle", "message", "source")
 
-    def __init__(self, source: SQSSource, handle: Handle, **kwargs: Any) -> None:
+    def __init__(
+        self, source: SQSSource, handle: Handle, message: Mapping[str, Any], **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.handle = handle
+        self.message = message
+        """The message as received, for moving it to the dead-letter queue."""
 
     async def _ack(self) -> None:
         self.source.delete(self.handle)
 
     async def _nack(self, delay: float | None) -> None:
         self.source.release(self.handle, delay)
+
+    async def _reject(self) -> None:
+        self.source.reject(self.handle, self.message)
 
 
 class SQSSource:
@@ -137,10 +139,17 @@ class SQSSource:
         self._buffer: deque[SQSDelivery] = deque()
         """Received, tracked in ``_inflight``, not yet handed to the core."""
         self._inflight = InFlight(float(self.visibility))
-        self._deleter: Batcher[Handle] = Batcher(self._delete_batch, name=f"{pipeline}:sqs-delete")
+        self._deleter: Batcher[Handle] = Batcher(
+            self._delete_batch, name=f"{pipeline}:sqs-delete", linger=DELETE_LINGER
+        )
         self._releaser: Batcher[Release] = Batcher(
             self._release_batch, name=f"{pipeline}:sqs-release"
         )
+        self._dead_letterer: Batcher[DeadLetter] = Batcher(
+            self._dead_letter_batch, name=f"{pipeline}:sqs-dead-letter"
+        )
+        self.dead_letter_url: str | None = None
+        """The redrive policy's dead-letter queue, where rejected messages go."""
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._paused = False
@@ -192,12 +201,9 @@ class SQSSource:
         self.arn = attributes.get("QueueArn") or self.queue_url
         self.fifo = attributes.get("FifoQueue") == "true" or self.fifo
         self._set_lag(attributes)
-        if "RedrivePolicy" in attributes:
-            log.info(
-                "sqs queue %s has a redrive policy; it applies to messages the bridge hands "
-                "back, not to tasks that failed for good (those are deleted after on_failure)",
-                self.queue,
-            )
+        self.dead_letter_url = await resolve_dead_letter_queue(
+            self.client.api, self.queue, attributes
+        )
         self._supervisor = asyncio.create_task(self._run(), name=f"{self.pipeline}:sqs")
         log.info(
             "sqs source %s connected (fifo=%s, visibility %ds, wait %ds)",
@@ -215,21 +221,27 @@ class SQSSource:
         visibility timeout.
         """
         self._closing = True
-        for task in [*self._receivers.values(), *self._loops]:
+        background = [*self._receivers.values(), *self._loops]
+        for task in background:
             task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)  # parked releases queued
         self._buffer.clear()
         for handle in self._inflight.drain():
             self._releaser.add((handle, 0))
-        self._deleter.stop()
+        self._dead_letterer.stop()
         self._releaser.stop()
         self._arrived.set()
         self._room.set()
         supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
+        if supervisor is not None and not supervisor.done():
             try:
-                await asyncio.wait_for(supervisor, CLOSE_TIMEOUT)
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._dead_letterer.stopped.wait()  # it deletes what it moved
+                    self._deleter.stop()
+                    await supervisor
             except TimeoutError:
                 log.warning("sqs source %s: settles still pending at close", self.queue)
+                supervisor.cancel()
         await self.client.close()
 
     # ----------------------------------------------------------------- the core's calls
@@ -291,6 +303,14 @@ class SQSSource:
         else:
             self._releaser.add((handle, seconds))
 
+    def reject(self, handle: Handle, message: Mapping[str, Any]) -> None:
+        """Reject: move to the dead-letter queue if the queue has one, else delete."""
+        if self.dead_letter_url is None:
+            self.delete(handle)
+            return
+        self._inflight.remove(handle)
+        self._dead_letterer.add((handle, dead_letter_entry(message, fifo=self.fifo)))
+
     def _release_buffered(self) -> None:
         while self._buffer:
             self.release(self._buffer.popleft().handle, 0)
@@ -310,62 +330,38 @@ class SQSSource:
             [({"ReceiptHandle": h.receipt, "VisibilityTimeout": s}, h) for h, s in releases],
         )
 
+    async def _dead_letter_batch(self, items: list[DeadLetter]) -> None:
+        """Send to the dead-letter queue, then delete here (also what could not be sent:
+        its failure is recorded and went to ``on_failure``; keeping it would only have
+        the core delete it as a duplicate)."""
+        url = self.dead_letter_url
+        action = f"moving messages to {url}"
+
+        async def call(**kwargs: Any) -> Any:
+            with map_aws_errors(action):
+                return await self.client.api.send_message_batch(QueueUrl=url, **kwargs)
+
+        moved = await settle_entries(
+            call, [(entry, handle) for handle, entry in items], queue=self.queue, action=action
+        )
+        for handle, _ in items:
+            if handle not in moved:
+                log.error(
+                    "sqs source %s: message %s failed for good and could not be moved to the "
+                    "dead-letter queue; deleting it (its failure event went to on_failure)",
+                    self.queue,
+                    handle.message_id,
+                )
+            self._deleter.add(handle)
+
     async def _settle_batch(
         self, action: str, method: str, entries: list[tuple[dict[str, Any], Handle]]
     ) -> None:
-        """One batched settle call, retrying the entries (or the call) that failed for a
-        transient reason; never raises (a lost settle means a redelivery, deduplicated)."""
-        pending = entries
-        for attempt in range(SETTLE_ATTEMPTS):
-            if attempt:
-                await asyncio.sleep(0.1 * 2**attempt)
-            try:
-                with map_aws_errors(action):
-                    answer = await getattr(self.client.api, method)(
-                        QueueUrl=self.queue_url,
-                        Entries=[{"Id": str(i), **e} for i, (e, _) in enumerate(pending)],
-                    )
-            except NotConnected as exc:
-                log.debug("sqs source %s: %s (attempt %d)", self.queue, exc, attempt + 1)
-                continue
-            except FatalClientError as exc:
-                log.error("sqs source %s: %s", self.queue, exc)
-                return
-            retry: list[tuple[dict[str, Any], Handle]] = []
-            for failed in answer.get("Failed") or []:
-                entry = pending[int(failed["Id"])]
-                code = str(failed.get("Code", ""))
-                if code in GONE_CODES:
-                    log.warning(
-                        "sqs source %s: %s: receipt handle of message %s no longer valid (%s); "
-                        "SQS delivers it again and the bridge drops the copy as a duplicate",
-                        self.queue,
-                        action,
-                        entry[1].message_id,
-                        code,
-                    )
-                elif failed.get("SenderFault"):
-                    log.warning(
-                        "sqs source %s: %s: message %s refused: %s %s",
-                        self.queue,
-                        action,
-                        entry[1].message_id,
-                        code,
-                        failed.get("Message", ""),
-                    )
-                else:
-                    retry.append(entry)
-            if not retry:
-                return
-            pending = retry
-        log.warning(
-            "sqs source %s: %s: gave up on %d messages after %d attempts; they will be "
-            "delivered again",
-            self.queue,
-            action,
-            len(pending),
-            SETTLE_ATTEMPTS,
-        )
+        async def call(**kwargs: Any) -> Any:
+            with map_aws_errors(action):
+                return await getattr(self.client.api, method)(QueueUrl=self.queue_url, **kwargs)
+
+        await settle_entries(call, entries, queue=self.queue, action=action)
 
     # ----------------------------------------------------------------- background tasks
 
@@ -376,6 +372,9 @@ class SQSSource:
                 self._group = group
                 group.create_task(self._deleter.run(), name=f"{self.pipeline}:sqs-delete")
                 group.create_task(self._releaser.run(), name=f"{self.pipeline}:sqs-release")
+                group.create_task(
+                    self._dead_letterer.run(), name=f"{self.pipeline}:sqs-dead-letter"
+                )
                 self._loops = [
                     group.create_task(
                         self._heartbeat_loop(), name=f"{self.pipeline}:sqs-heartbeat"
@@ -418,8 +417,9 @@ class SQSSource:
                 try:
                     messages = await self._poll()
                 except NotConnected as exc:
+                    level = logging.DEBUG if backoff else logging.WARNING  # once per streak
                     backoff = min(10.0, max(0.1, backoff * 2))
-                    log.warning("sqs source %s: %s; retrying in %.1fs", self.queue, exc, backoff)
+                    log.log(level, "sqs source %s: %s; retrying", self.queue, exc)
                     await asyncio.sleep(backoff)
                     continue
                 except FatalClientError as exc:
@@ -427,7 +427,10 @@ class SQSSource:
                     self._arrived.set()
                     return
                 backoff = 0.0
-                self._accept(messages)
+                if messages:
+                    self._accept(messages)
+                elif self.wait_time == 0:
+                    await asyncio.sleep(IDLE_PAUSE)
         finally:
             if self._receivers.get(index) is asyncio.current_task():
                 del self._receivers[index]
@@ -466,6 +469,7 @@ class SQSSource:
         return SQSDelivery(
             self,
             handle,
+            message,
             event=decoded.event,
             event_id=decoded.event_id,
             raw=decoded.raw,
@@ -486,13 +490,20 @@ class SQSSource:
         tick = min(1.0, max(0.05, self.visibility / 4))
         while not self._closing:
             await asyncio.sleep(tick)
-            batches: list[list[Handle]] = []
-            while len(batches) < 20 and (due := self._inflight.due(self.clock(), 10)):
-                batches.append(due)
-            if batches:
-                await asyncio.gather(*(self._extend(batch) for batch in batches))
+            while True:
+                batches: list[list[Handle]] = []
+                while len(batches) < HEARTBEAT_CALLS and (
+                    due := self._inflight.due(self.clock(), MAX_PER_RECEIVE)
+                ):
+                    batches.append(due)
+                if not batches:
+                    break
+                extended = await asyncio.gather(*(self._extend(b) for b in batches))
+                if not all(extended):
+                    break  # SQS is unreachable: the failed ones are retried next tick
 
-    async def _extend(self, handles: list[Handle]) -> None:
+    async def _extend(self, handles: list[Handle]) -> bool:
+        """One ChangeMessageVisibilityBatch call; False if the call itself failed."""
         for handle in handles:
             handle.extending = True
         try:
@@ -511,7 +522,7 @@ class SQSSource:
         except (NotConnected, FatalClientError) as exc:
             log.warning("sqs source %s: %s", self.queue, exc)
             self._inflight.retry_soon(handles, self.clock())
-            return
+            return False
         finally:
             for handle in handles:
                 handle.extending = False
@@ -528,6 +539,7 @@ class SQSSource:
                     handle.message_id,
                     failed.get("Code", ""),
                 )
+        return True
 
     async def _lag_loop(self) -> None:
         while not self._closing:
