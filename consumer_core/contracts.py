@@ -135,6 +135,11 @@ class Source(Protocol):
     deliveries, or an empty sequence once ``timeout`` seconds passed with none: the
     core passes the window's free room, so backpressure reaches the broker here.
     ``close`` is called once, after the core settled everything it will settle.
+    ``connect`` may raise ``FatalClientError`` (bad credentials, no such queue): the
+    pipeline then stops and ``/readyz`` reports it; the other pipelines go on.
+
+    Optionally, ``stop_receiving()`` (synchronous) is called when shutdown begins, so a
+    source with background receivers can stop them before the drain.
     """
 
     async def connect(self) -> None: ...

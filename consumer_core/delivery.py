@@ -116,8 +116,13 @@ class ResultDelivery:
                 await sink.emit(pending)
                 return
             except PartialFailure as exc:
+                self._give_up(
+                    sink, [e for e in pending if str(e.get_id()) in exc.undeliverable_ids]
+                )
                 pending = [e for e in pending if str(e.get_id()) in exc.failed_ids]
                 error: SinkError = exc
+                if not pending:
+                    return
             except SinkError as exc:
                 error = exc
             self.pipeline.res.metrics.sink_failures.labels(self.pipeline.name, sink.name).inc()
@@ -131,6 +136,21 @@ class ResultDelivery:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
+
+    def _give_up(self, sink: Sink, events: list[CloudEvent]) -> None:
+        if not events:
+            return
+        name = self.pipeline.name
+        self.pipeline.res.metrics.undeliverable.labels(name, sink.name).inc(len(events))
+        for event in events:
+            log.error(
+                "pipeline %s: sink %s can never take result %s (subject %s); given up",
+                name,
+                sink.name,
+                event.get_id(),
+                event.get_attributes().get("subject"),
+                extra={"pipeline": name},
+            )
 
     async def _complete(self, batch: list[Task]) -> None:
         store = self.pipeline.store

@@ -97,10 +97,18 @@ class SinkError(BridgeError):
 
 
 class PartialFailure(SinkError):
-    """Some events of a batch were delivered and some were not."""
+    """Some events of a batch were delivered and some were not.
 
-    def __init__(self, message: str, failed_ids: Iterable[str]) -> None:
+    ``failed_ids`` are retried. ``undeliverable_ids`` can never be delivered (an event
+    over the service's size limit): the core gives up on those for this sink, logs an
+    ERROR and counts them in ``bridge_undeliverable_results_total``.
+    """
+
+    def __init__(
+        self, message: str, failed_ids: Iterable[str], undeliverable_ids: Iterable[str] = ()
+    ) -> None:
         self.failed_ids: frozenset[str] = frozenset(failed_ids)
+        self.undeliverable_ids: frozenset[str] = frozenset(undeliverable_ids)
         super().__init__(message)
 
 

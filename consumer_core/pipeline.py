@@ -213,6 +213,10 @@ class Pipeline:
             try:
                 await self.source.connect()
                 return
+            except FatalClientError as exc:
+                self.healthy, self.error = False, str(exc)
+                log.error("pipeline %s: source cannot connect: %s", self.name, exc, extra=self._ctx)
+                raise
             except NotConnected as exc:
                 log.warning(
                     "pipeline %s: source not connected (%s); retrying",
@@ -226,6 +230,9 @@ class Pipeline:
     def stop(self) -> None:
         """Begin the shutdown sequence (idempotent)."""
         self.stopping = True
+        stop_receiving = getattr(self.source, "stop_receiving", None)
+        if stop_receiving is not None:
+            stop_receiving()
         self._stop_requested.set()
         self._resumed.set()
         self._room.set()
@@ -934,3 +941,7 @@ async def run_pipeline(pipeline: Pipeline) -> None:
         await pipeline.run()
     except* _Stopped:
         pass
+    except* FatalClientError as group:
+        # This pipeline is done for; the others go on and /readyz reports it.
+        pipeline.healthy = False
+        pipeline.error = str(group.exceptions[0])

@@ -68,6 +68,18 @@ class Metrics:
             ["pipeline", "sink"],
             registry=r,
         )
+        self.undeliverable = Counter(
+            "bridge_undeliverable_results",
+            "Result events a sink can never take (too large...), given up for that sink.",
+            ["pipeline", "sink"],
+            registry=r,
+        )
+        self.connector_events = Counter(
+            "bridge_connector_events",
+            "Notable connector events (dead-lettered, visibility extended, reconnected...).",
+            ["pipeline", "connector", "event"],
+            registry=r,
+        )
         self.window_changes = Counter(
             "bridge_window_changes",
             "Changes of the AIMD window (direction: up, down).",

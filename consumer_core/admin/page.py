@@ -563,7 +563,7 @@ _DOCUMENT: Final = f"""<!doctype html>
 </head>
 <body>
 <header><h1>Bridge</h1><span class="meta" id="updated">loading\u2026</span></header>
-<div id="banner" role="alert"></div>
+<div id="banner" role="alert" data-field="banner"></div>
 <main id="pipelines"></main>
 <footer>Polls /v1/pipelines and /v1/stats every second. Charts cover the last 5 minutes.
 With an admin token, open this page as /#token=&lt;token&gt;.</footer>
