@@ -34,7 +34,7 @@ AUTH = {"Authorization": f"Bearer {SECRETS['BRIDGE_TOKEN']}"}
 
 
 async def test_https_target_with_a_custom_ca(tmp_path, function_server, bridge_process):
-    ca, server_context = make_certs(tmp_path)
+    _, server_context = make_certs(tmp_path)
     fn = await function_server(ssl_context=server_context).start()
     hook = await function_server().start()
     text = CONFIG.format(url=fn.url, hook=hook.url, tls="tls: {ca_file: ca.pem}")
