@@ -127,14 +127,15 @@ yaml_scalars = st.one_of(
     st.booleans(),
     st.none(),
 )
+KEYS = st.sampled_from(
+    ["version", "pipelines", "name", "source", "type", "target", "url", "timeout", "server",
+     "listen", "state", "retry", "concurrency", "on_success", "tenant", "from", "x"]
+)  # fmt: skip
 documents = st.recursive(
     yaml_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(
-        ["version", "pipelines", "name", "source", "type", "target", "url", "timeout", "server",
-         "listen", "state", "retry", "concurrency", "on_success", "tenant", "from", "x"]), children, max_size=5),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(KEYS, children, max_size=5),
     max_leaves=25,
-)  # fmt: skip
+)
 
 
 @settings(max_examples=300, deadline=2000)
