@@ -636,11 +636,11 @@ class Pipeline:
             delay = max(delay, outcome.retry_after)
         age = time.time() - (record.received or time.time())
         if not self.retry.should_retry(attempt=attempts, age=age, delay=delay):
-            why = (
-                f"gave up after {attempts} attempts"
-                if attempts >= self.retry.max_attempts
-                else f"gave up: retry would pass max_age ({self.retry.max_age:g}s)"
-            )
+            if attempts >= self.retry.max_attempts:
+                why = f"gave up after {attempts} attempts"
+            else:
+                kind = ErrorKind.EXPIRED
+                why = f"gave up: a retry would pass max_age ({self.retry.max_age:g}s)"
             self._fail(task, kind, f"{outcome.message} ({why})", outcome.status)
             return
         record.error = {"kind": kind.value, "message": outcome.message, "status": outcome.status}

@@ -46,7 +46,7 @@ from consumer_core.tasks import TaskRecord, TaskState
 if TYPE_CHECKING:
     from consumer_core.runner import Runner
 
-__all__ = ["HISTORY_SECONDS", "SAMPLE_INTERVAL", "StatusSampler", "add_routes"]
+__all__ = ["HISTORY_SECONDS", "SAMPLE_INTERVAL", "Sample", "StatusSampler", "add_routes"]
 
 log = logging.getLogger(__name__)
 

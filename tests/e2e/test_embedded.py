@@ -333,3 +333,20 @@ async def test_requests_carry_traceparent_attempt_and_configured_headers(
     (result,) = results(tmp_path)[0]
     assert result["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
     assert bridge.terminate() == 0
+
+
+async def test_a_task_past_max_age_fails_as_expired(tmp_path, function_server, bridge_process):
+    fn = await function_server(lambda call: Reply(500)).start()
+    text = (
+        config(fn.url)
+        .replace("max_age: 1h", "max_age: 300ms")
+        .replace("max_backoff: 200ms", "max_backoff: 1s")
+    )
+    bridge = bridge_process(text).start()
+    await asyncio.to_thread(post, bridge, 1)
+    await wait_until(lambda: len(results(tmp_path)[1]) == 1, 15, "failure")
+    (failed,) = results(tmp_path)[1]
+    assert failed["data"]["error"]["kind"] == "expired"
+    assert "max_age" in failed["data"]["error"]["message"]
+    assert 1 < failed["attempts"] < 8
+    assert bridge.terminate() == 0
