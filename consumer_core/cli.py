@@ -50,6 +50,9 @@ def _setup_logging(fmt: str | None, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Client libraries log every connection step at INFO; their warnings still show.
+    for noisy in ("pika", "aiobotocore", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def _parser() -> argparse.ArgumentParser:

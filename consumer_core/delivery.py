@@ -163,13 +163,13 @@ class ResultDelivery:
             store.save(record)
         await store.flush()
         for task in batch:
-            first, *copies = task.deliveries
-            if task.record.state is TaskState.SUCCEEDED:
-                await first.ack()
-            else:
-                await first.reject()
-            for copy in copies:
-                await copy.ack()
+            # Redelivered copies share their task's fate: after a reconnect the copy may
+            # be the only live handle on the message.
+            for delivery in task.deliveries:
+                if task.record.state is TaskState.SUCCEEDED:
+                    await delivery.ack()
+                else:
+                    await delivery.reject()
             self._observe(task)
             self.pipeline.settled(task)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -37,6 +38,13 @@ from consumer_core.errors import ConnectorError
 __all__ = ["AmqpChannel", "AmqpConnection", "LostCallback", "MessageCallback", "redact"]
 
 log = logging.getLogger(__name__)
+
+_pika_log = logging.getLogger("pika")
+if _pika_log.level == logging.NOTSET:
+    # pika logs every socket and connection-workflow step at INFO (about 15 lines per
+    # connect); the bridge logs the lifecycle itself. An explicit level set before this
+    # import (``logging.getLogger("pika").setLevel(...)``) is left alone.
+    _pika_log.setLevel(logging.WARNING)
 
 CLOSE_TIMEOUT: Final = 5.0
 """How long ``close`` waits for the broker's Close-Ok before dropping the socket."""
@@ -84,6 +92,36 @@ def _resolver(future: asyncio.Future[Any]) -> Callable[[Any], None]:
     return resolve
 
 
+class _CoalescingConnection(AsyncioConnection):  # type: ignore[misc]
+    """pika's asyncio connection, writing all frames of one loop iteration at once.
+
+    pika hands its adapter one frame at a time (``_adapter_emit_data``, the hook every
+    adapter implements) and the stock transport makes one ``send()`` per frame: three
+    per published message, one per ack. Joining them per loop iteration keeps the
+    order and cuts the syscalls (measured: about 10% of the bridge's CPU at a few
+    thousand messages/s).
+    """
+
+    def __init__(self, *args: Any, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+        self._out: list[bytes] = []
+        self._out_loop = loop
+        super().__init__(*args, custom_ioloop=loop, **kwargs)
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        if not self._out:
+            self._out_loop.call_soon(self._flush_out)
+        self._out.append(data)
+
+    def _flush_out(self) -> None:
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        transport = self._transport
+        if transport is not None:
+            transport.write(data)
+
+
 class AmqpConnection:
     """One AMQP connection on the running loop (open it before use; not reopenable).
 
@@ -101,6 +139,7 @@ class AmqpConnection:
         self._waiters = _Waiters()
         self._closed: asyncio.Future[None] | None = None
         self._lost_callbacks: list[LostCallback] = []
+        self._channels: list[AmqpChannel] = []
 
     def __repr__(self) -> str:
         return f"AmqpConnection({redact(self.url)!r}, name={self.name!r})"
@@ -126,12 +165,12 @@ class AmqpConnection:
 
         doing = f"connecting to {redact(self.url)}"
         with map_pika_errors(doing):
-            self._raw = AsyncioConnection(
+            self._raw = _CoalescingConnection(
                 params,
                 on_open_callback=_resolver(opened),
                 on_open_error_callback=on_open_error,
                 on_close_callback=lambda _conn, reason: self._finish(reason),
-                custom_ioloop=loop,
+                loop=loop,
             )
             try:
                 await opened
@@ -147,7 +186,9 @@ class AmqpConnection:
             future = self._waiters.new()
             self._raw.channel(on_open_callback=_resolver(future))
             raw = await future
-        return AmqpChannel(raw)
+        channel = AmqpChannel(raw)
+        self._channels.append(channel)
+        return channel
 
     async def close(self) -> None:
         """Close gracefully (idempotent): the broker requeues every unacked delivery."""
@@ -156,6 +197,8 @@ class AmqpConnection:
         if raw is None or raw.is_closed:
             return
         if not raw.is_closing:
+            for channel in self._channels:
+                channel.flush_acks()  # acks still waiting go out before the Close
             with contextlib.suppress(pe.AMQPError, OSError):
                 raw.close()
         if self._closed is not None:
@@ -194,6 +237,12 @@ class AmqpChannel:
         self.close_reason: BaseException | None = None
         self._waiters = _Waiters()
         self._close_callbacks: list[LostCallback] = []
+        self._delivered: deque[int] = deque()
+        """Delivery tags in the order the broker sent them (pruned from the front)."""
+        self._unsettled: set[int] = set()
+        """Tags the broker still counts as unacked on this channel."""
+        self._to_ack: set[int] = set()
+        """Acks waiting for the end of this loop iteration (``flush_acks``)."""
         raw.add_on_close_callback(self._on_close)
 
     @property
@@ -267,6 +316,9 @@ class AmqpChannel:
         """Start a manual-ack consumer; return its tag."""
 
         def deliver(_raw: Any, method: Any, properties: Any, body: bytes) -> None:
+            tag = method.delivery_tag
+            self._delivered.append(tag)
+            self._unsettled.add(tag)
             on_message(self, method, properties, body)
 
         tag: list[str] = []
@@ -304,22 +356,52 @@ class AmqpChannel:
 
     # ---------------------------------------------------------------- fire and forget
 
-    def ack(self, tag: int, *, multiple: bool = False) -> bool:
-        """Ack ``tag``; False (and nothing sent) if the channel is closed."""
-        if not self.is_open:
+    def ack(self, tag: int) -> bool:
+        """Ack ``tag`` of a consumer's delivery; False (nothing sent) if the channel is
+        closed.
+
+        Acks are coalesced: those asked for within one loop iteration go out together,
+        as one ``multiple`` ack for the run of oldest deliveries they settle and single
+        acks for the rest.
+        """
+        if not self.is_open or tag not in self._unsettled:
             return False
-        self.raw.basic_ack(tag, multiple=multiple)
+        if not self._to_ack:
+            asyncio.get_running_loop().call_soon(self.flush_acks)
+        self._to_ack.add(tag)
         return True
 
+    def flush_acks(self) -> None:
+        """Send the acks waiting (see ``ack``); called by the loop and before a close."""
+        to_ack, unsettled, delivered = self._to_ack, self._unsettled, self._delivered
+        if not to_ack or not self.is_open:
+            to_ack.clear()
+            return
+        top = 0
+        while delivered and (delivered[0] not in unsettled or delivered[0] in to_ack):
+            tag = delivered.popleft()
+            if tag in to_ack:
+                to_ack.discard(tag)
+                unsettled.discard(tag)
+                top = tag
+        if top:
+            self.raw.basic_ack(top, multiple=True)
+        for tag in to_ack:
+            unsettled.discard(tag)
+            self.raw.basic_ack(tag)
+        to_ack.clear()
+
     def nack(self, tag: int, *, requeue: bool) -> bool:
-        if not self.is_open:
+        if not self.is_open or tag not in self._unsettled or tag in self._to_ack:
             return False
+        self._unsettled.discard(tag)
         self.raw.basic_nack(tag, multiple=False, requeue=requeue)
         return True
 
     def reject(self, tag: int, *, requeue: bool) -> bool:
-        if not self.is_open:
+        if not self.is_open or tag not in self._unsettled or tag in self._to_ack:
             return False
+        self._unsettled.discard(tag)
         self.raw.basic_reject(tag, requeue=requeue)
         return True
 

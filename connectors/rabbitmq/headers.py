@@ -73,8 +73,19 @@ def header_text(value: Any) -> str | None:
     if isinstance(value, datetime):
         return _iso(value)
     if isinstance(value, dict | list):
-        return json.dumps(value, default=str, separators=(",", ":"))
+        return json.dumps(_plain(value), separators=(",", ":"))
     return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A decoded AMQP value as plain JSON data (nested tables such as ``x-death``)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return header_text(value)
 
 
 def text_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:

@@ -3,11 +3,12 @@
 What the settle verbs mean here:
 
 =========  ===================================================================
-ack        ``basic.ack``. With ``dead_letter_exchange`` set, a message whose task
-           *failed* (its failure event already reached ``on_failure``) is
-           ``basic.reject``-ed without requeue instead, so the broker dead-letters
-           it with an ``x-death`` header. The source learns the outcome from the
-           task store (one ``get`` per ack; see docs/connectors/rabbitmq.md).
+ack        ``basic.ack`` (coalesced per loop iteration, see ``client``).
+reject     ``basic.reject`` without requeue: the core rejects a message whose
+           task failed for good, once its failure event reached ``on_failure``.
+           A queue with a dead-letter exchange (``dead_letter_exchange``, or a
+           policy) dead-letters it with an ``x-death`` header; without one the
+           broker drops it, exactly like an ack.
 nack       ``basic.nack`` with requeue: back to the head of the queue at once.
            RabbitMQ cannot delay a redelivery, so ``delay`` is ignored (the core
            only nacks at shutdown, for work it hands back).
@@ -16,7 +17,9 @@ nack       ``basic.nack`` with requeue: back to the head of the queue at once.
 A settle for a delivery that came on a channel that has since closed is a no-op:
 delivery tags are per channel, and the broker has already requeued the message. It
 comes back on the new channel; the core's dedup acks it if its task had finished,
-or joins it to the still-live task.
+or joins it to the still-live task. A reject that found its channel closed is
+remembered by event id, so that the copy the broker redelivers is rejected (and
+dead-lettered) too when the core acks it.
 
 Flow: the channel-wide prefetch (basic.qos) follows the core's AIMD window, capped by
 ``prefetch_max``; ``pause`` cancels the consumer (prefetch 0 would mean *unlimited*),
@@ -37,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Self
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from connectors.rabbitmq.client import AmqpChannel, AmqpConnection, redact
 from connectors.rabbitmq.errors import translate
@@ -46,8 +49,6 @@ from consumer_core.config.model import ComponentSpec
 from consumer_core.contracts import Delivery, Resources
 from consumer_core.errors import ConnectorError, NotConnected
 from consumer_core.events import CloudEvent, content_hash_id, partition_key, wrap
-from consumer_core.store.base import TaskStore
-from consumer_core.tasks import TaskState, task_id
 
 __all__ = ["RabbitMQDelivery", "RabbitMQSource"]
 
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 DEFAULT_URL: Final = "amqp://guest:guest@127.0.0.1:5672/%2F"
 LAG_INTERVAL: Final = 5.0
 """Seconds between two queue-depth reads (passive declare) for ``lag``."""
+STALE_REJECTS_KEPT: Final = 10_000
+"""Event ids of rejects that found their channel closed, kept for the redelivered copy."""
 INITIAL_PREFETCH: Final = 8
 """Prefetch until the core first reports its window (it does right after connect)."""
 
@@ -82,6 +85,9 @@ class RabbitMQDelivery(Delivery):
     async def _nack(self, delay: float | None) -> None:
         await self.source.settle(self, ack=False)
 
+    async def _reject(self) -> None:
+        self.source.reject(self)
+
 
 class RabbitMQSource:
     """Consumes ``queue`` (see the module docstring for the contract)."""
@@ -98,11 +104,8 @@ class RabbitMQSource:
         key_header: str | None = None,
         dead_letter_exchange: str | None = None,
         prefetch_max: int = 1000,
-        store: TaskStore | None = None,
         lag_interval: float = LAG_INTERVAL,
     ) -> None:
-        if dead_letter_exchange and store is None:
-            raise ValueError("dead_letter_exchange needs the task store to tell failures")
         self.pipeline = pipeline
         self.queue = queue
         self.url = url
@@ -110,10 +113,10 @@ class RabbitMQSource:
         self.key_header = key_header or None
         self.dead_letter_exchange = dead_letter_exchange or None
         self.prefetch_max = prefetch_max
-        self.store = store
         self.lag_interval = lag_interval
         vhost = unquote(urlsplit(url).path.removeprefix("/")) or "/"
-        self.event_source = f"/rabbitmq/{vhost.strip('/') or 'default'}/{queue}"
+        self.event_source = f"/rabbitmq/{quote(vhost, safe='')}/{queue}"
+        """``source`` of the events wrapped from plain messages (``/rabbitmq/%2F/q``)."""
         self.prefetch = min(INITIAL_PREFETCH, prefetch_max)
         self.paused = False
         self._conn: AmqpConnection | None = None
@@ -126,6 +129,7 @@ class RabbitMQSource:
         self._depth: int | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._stale_rejects: dict[str, None] = {}
 
     @classmethod
     def from_config(cls, pipeline: str, spec: ComponentSpec, res: Resources) -> Self:
@@ -138,7 +142,6 @@ class RabbitMQSource:
             key_header=o.get("key_header"),
             dead_letter_exchange=o.get("dead_letter_exchange"),
             prefetch_max=int(o.get("prefetch_max", 1000)),
-            store=res.store,
         )
 
     def __repr__(self) -> str:
@@ -211,7 +214,7 @@ class RabbitMQSource:
         self._consumer = None
         self._buffer.clear()  # the broker requeues them; they come back on the next channel
         self._arrived.set()
-        log.warning("pipeline %s: rabbitmq source %s", self.pipeline, why)
+        log.debug("pipeline %s: rabbitmq source %s", self.pipeline, why)  # the core logs it
 
     # ------------------------------------------------------------------ receive
 
@@ -297,27 +300,25 @@ class RabbitMQSource:
     # ------------------------------------------------------------------ settle
 
     async def settle(self, delivery: RabbitMQDelivery, *, ack: bool) -> None:
-        """Ack (or reject a failed task's message to the DLX), or nack with requeue.
-
-        A no-op when the delivery's channel is gone (see the module docstring).
-        """
-        channel = delivery.channel
+        """Ack, or nack with requeue; a no-op when the delivery's channel is gone."""
         if not ack:
-            channel.nack(delivery.tag, requeue=True)
+            delivery.channel.nack(delivery.tag, requeue=True)
             return
-        if self.dead_letter_exchange and await self._failed(delivery):
-            sent = channel.reject(delivery.tag, requeue=False)
-        else:
-            sent = channel.ack(delivery.tag)
-        if not sent:
+        if delivery.event_id in self._stale_rejects:
+            del self._stale_rejects[delivery.event_id]
+            self.reject(delivery)  # a redelivered copy of a message that failed for good
+            return
+        if not delivery.channel.ack(delivery.tag):
             log.debug("pipeline %s: %s came on a closed channel", self.pipeline, delivery.event_id)
 
-    async def _failed(self, delivery: RabbitMQDelivery) -> bool:
-        assert self.store is not None
-        if delivery.decode_error is not None:
-            return True
-        record = await self.store.get(task_id(self.pipeline, delivery.event_id))
-        return record is not None and record.state is TaskState.FAILED
+    def reject(self, delivery: RabbitMQDelivery) -> None:
+        """Reject without requeue (to the queue's dead-letter exchange, if any)."""
+        if delivery.channel.reject(delivery.tag, requeue=False):
+            return
+        stale = self._stale_rejects
+        stale[delivery.event_id] = None
+        if len(stale) > STALE_REJECTS_KEPT:
+            del stale[next(iter(stale))]
 
     # ------------------------------------------------------------------ flow
 
