@@ -38,4 +38,7 @@ if ! listening 5672; then
   # rabbitmq-diagnostics answers before the AMQP listener is up: wait for the port itself.
   wait_port 5672 120
 fi
+# Headless Chromium renders the status page in tests/e2e/test_status_page.py.
+[ -x /usr/bin/chromium ] || install chromium
+
 echo "services: redis 6379, postgresql 5432, rabbitmq 5672 are up"

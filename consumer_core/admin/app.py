@@ -216,7 +216,9 @@ class AdminServer:
 
     async def get_task(self, request: web.Request) -> web.Response:
         tid = request.match_info["id"]
-        record = await self.runner.resources.store.get(tid)
+        pipeline = self.runner.pipelines.get(tid.split(":", 1)[0])
+        live = pipeline.live.get(tid) if pipeline is not None else None
+        record = live.record if live is not None else await self.runner.resources.store.get(tid)
         if record is None:
             return _error(404, f"no task {tid!r}")
         return web.json_response(record.to_json())

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 from prometheus_client import Counter
 
+from consumer_core.errors import StoreError
 from consumer_core.store.base import TaskQuery
 from consumer_core.tasks import TaskRecord, TaskState
 
@@ -151,11 +152,15 @@ class StatusSampler:
             history.append(point)
 
     async def run(self) -> None:
+        failing = False
         while True:
             try:
                 self.sample()
+                failing = False
             except Exception:  # a bad sample must not end the page's history
-                log.exception("status sampler: sampling failed")
+                if not failing:  # once per streak, not once a second
+                    log.exception("status sampler: sampling failed")
+                failing = True
             await asyncio.sleep(self.interval)
 
     async def recent_failures(self, pipeline: str, limit: int) -> list[dict[str, Any]]:
@@ -192,7 +197,10 @@ class StatusSampler:
                 "history": [s.to_json() for s in history if s.at > since],
             }
             if failures:
-                doc["recent_failures"] = await self.recent_failures(name, failures)
+                try:
+                    doc["recent_failures"] = await self.recent_failures(name, failures)
+                except StoreError:  # the figures above still help while the store is away
+                    doc["recent_failures_error"] = "the task store did not answer"
             pipelines.append(doc)
         return {
             "now": round(self.clock(), 3),
@@ -454,6 +462,7 @@ function lanesTable(p, list, now) {
 }
 
 function failuresTable(list) {
+  if (list && list.error) return h('div', {class: 'error', field: 'failures'}, list.error);
   if (!list || !list.length) return h('div', {class: 'none', field: 'failures'}, 'none');
   return h('table', {field: 'failures'},
     h('tr', {}, h('th', {}, 'finished'), h('th', {}, 'task'), h('th', {}, 'tenant'),
@@ -508,6 +517,7 @@ function remember(stats) {
     while (list.length && list[0].at < stats.now - HISTORY) list.shift();
     samples.set(p.name, list);
     if (p.recent_failures) failures.set(p.name, p.recent_failures);
+    if (p.recent_failures_error) failures.set(p.name, {error: p.recent_failures_error});
   }
   for (const list of samples.values()) {
     if (list.length) since = Math.max(since, list[list.length - 1].at);
