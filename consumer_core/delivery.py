@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 
 from consumer_core.admin.tracing import Tracing
 from consumer_core.contracts import Sink
-from consumer_core.errors import PartialFailure, SinkError
+from consumer_core.errors import PartialFailure, SinkError, StoreError
 from consumer_core.events import CloudEvent, structured_dict
 from consumer_core.tasks import TaskState
 
 if TYPE_CHECKING:
     from consumer_core.pipeline import Pipeline, Task
+    from consumer_core.store.base import TaskStore
 
 __all__ = ["ResultDelivery"]
 
@@ -137,6 +138,23 @@ class ResultDelivery:
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
 
+    async def _flush(self, store: TaskStore) -> None:
+        """Wait until the records are durable; through a store outage the messages stay
+        unsettled (the write-behind buffer keeps retrying the batch)."""
+        delay = 0.1
+        while True:
+            try:
+                await store.flush()
+                return
+            except StoreError as exc:
+                log.warning(
+                    "pipeline %s: task store unavailable (%s); results wait to be settled",
+                    self.pipeline.name,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def _give_up(self, sink: Sink, events: list[CloudEvent]) -> None:
         if not events:
             return
@@ -161,7 +179,7 @@ class ResultDelivery:
             if record.state is not TaskState.SUCCEEDED:
                 record.event = structured_dict(task.event)  # kept so it can be re-driven
             store.save(record)
-        await store.flush()
+        await self._flush(store)
         for task in batch:
             # Redelivered copies share their task's fate: after a reconnect the copy may
             # be the only live handle on the message.

@@ -46,7 +46,7 @@ from consumer_core.contracts import (
     Target,
 )
 from consumer_core.delivery import ResultDelivery
-from consumer_core.errors import FatalClientError, IllegalTransition, NotConnected
+from consumer_core.errors import FatalClientError, IllegalTransition, NotConnected, StoreError
 from consumer_core.events import CloudEvent, failed_event, succeeded_event, wrap
 from consumer_core.flow import AimdWindow
 from consumer_core.isolation import Detector, Thresholds
@@ -56,6 +56,7 @@ from consumer_core.outcome import ErrorKind, Outcome, OutcomeKind
 from consumer_core.parking import Parking
 from consumer_core.payload import PayloadChecks
 from consumer_core.retry import RetryPolicy
+from consumer_core.store.base import TaskQuery
 from consumer_core.tasks import AttemptRecord, TaskRecord, TaskState, task_id
 from consumer_core.tracing import child_traceparent, incoming_traceparent
 
@@ -68,6 +69,9 @@ DEDUP_WINDOW = 24 * 3600.0
 
 _WAITING = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
 
+CHECKPOINT_AGE = 0.5
+"""Seconds a task must be live before its intermediate states are written to the store."""
+
 
 class Task:
     """A task in memory, from receipt until its source message is settled."""
@@ -75,6 +79,7 @@ class Task:
     __slots__ = (
         "cancelled",
         "deliveries",
+        "dirty",
         "event",
         "gate",
         "lane",
@@ -109,6 +114,8 @@ class Task:
         """Wall-clock time the next attempt is due (retry backoff), 0 when due now."""
         self.span: Span | None = None
         """The task's CONSUMER span, when tracing is on."""
+        self.dirty = True
+        """Changed since its record was last handed to the store (see ``_checkpoint``)."""
         self.wait_span: Span | None = None
 
 
@@ -360,7 +367,11 @@ class Pipeline:
     async def _admit_all(self, deliveries: Sequence[Delivery]) -> None:
         self.m_received.inc(len(deliveries))
         ids = [task_id(self.name, d.event_id) for d in deliveries]
-        finished = await self.store.finished(ids, since=time.time() - self.dedup_window)
+        finished = await self._finished_ids(ids)
+        if finished is None:  # stopping while the store is down: hand them back
+            for delivery in deliveries:
+                await delivery.nack()
+            return
         to_park: list[Task] = []
         for delivery, tid in zip(deliveries, ids, strict=True):
             live = self.live.get(tid)
@@ -377,6 +388,25 @@ class Pipeline:
                     self._enqueue(task)
         await self.parking.park(to_park)
         self._wake.set()
+
+    async def _finished_ids(self, ids: list[str]) -> set[str] | None:
+        """Dedup lookup, waiting out a store outage (the deliveries stay in hand)."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.store.finished(ids, since=time.time() - self.dedup_window)
+            except StoreError as exc:
+                if self.stopping:
+                    return None
+                log.warning(
+                    "pipeline %s: task store unavailable (%s); retrying in %.1fs",
+                    self.name,
+                    exc,
+                    delay,
+                    extra=self._ctx,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _gate_for(self, delivery: Delivery) -> str | None:
         ordering = self.config.ordering
@@ -425,7 +455,6 @@ class Pipeline:
         task.traceparent = Tracing.traceparent(task.span) or child_traceparent(parent)
         self.live[record.id] = task
         self.tenant_live[record.tenant] += 1
-        self.store.save(record)
         return task
 
     def admit_parked(
@@ -712,7 +741,7 @@ class Pipeline:
         self._fail(task, ErrorKind.CANCELLED, "cancelled by an operator", None)
 
     def _finished(self, task: Task, outcome: str) -> None:
-        self.store.save(task.record)
+        # Written once delivered (consumer_core.delivery), before its message is settled.
         self.res.metrics.tasks_finished.labels(self.name, outcome).inc()
         following = self.gates.release(task.gate)
         if following is not None:
@@ -730,7 +759,7 @@ class Pipeline:
             self.res.metrics.illegal_transitions.labels(self.name).inc()
             log.error("%s (a bug: please report it)", exc)
             return
-        self.store.save(task.record)
+        task.dirty = True
 
     # ----------------------------------------------------------------- housekeeping
 
@@ -739,14 +768,37 @@ class Pipeline:
         while not self.stopping:
             await asyncio.sleep(0.2)
             now = time.monotonic()
-            if self.isolation:
-                self._isolate(now)
-                await self._spill()
-                self._reclaim(now)
-            await self.parking.refill()
-            if now - last_lease > 5.0:
-                last_lease = now
-                await self.parking.keep_leases()
+            self._checkpoint(time.time())
+            try:
+                if self.isolation:
+                    self._isolate(now)
+                    await self._spill()
+                    self._reclaim(now)
+                await self.parking.refill()
+                if now - last_lease > 5.0:
+                    last_lease = now
+                    await self.parking.keep_leases()
+            except StoreError as exc:
+                log.warning(
+                    "pipeline %s: parking needs the task store, which failed: %s",
+                    self.name,
+                    exc,
+                    extra=self._ctx,
+                )
+
+    def _checkpoint(self, wall: float) -> None:
+        """Hand the store the records of tasks live for more than ``CHECKPOINT_AGE``.
+
+        Most tasks finish within milliseconds and are written once, when delivered;
+        only those that linger (slow, retrying, paused, waiting on a key) have their
+        intermediate states written, so other instances and the task list see them.
+        """
+        horizon = wall - CHECKPOINT_AGE
+        for task in self.live.values():
+            record = task.record
+            if task.dirty and record.delivered is None and (record.received or wall) <= horizon:
+                task.dirty = False
+                self.store.save(record)
 
     def _isolate(self, now: float) -> None:
         # Every tenant with work in the shared lane: queued, running, retrying or
@@ -880,6 +932,23 @@ class Pipeline:
             return state.value
         self._finish_cancelled(task)
         return state.value
+
+    def matching(self, query: TaskQuery, states: Sequence[TaskState]) -> list[Task]:
+        """Live tasks matching a task filter (pipeline, tenant, received range) in ``states``."""
+        if query.pipeline is not None and query.pipeline != self.name:
+            return []
+        found = []
+        for task in self.live.values():
+            record = task.record
+            received = record.received or 0.0
+            if (
+                record.state in states
+                and (query.tenant is None or record.tenant == query.tenant)
+                and (query.received_from is None or received >= query.received_from)
+                and (query.received_to is None or received < query.received_to)
+            ):
+                found.append(task)
+        return found
 
     # ----------------------------------------------------------------- status
 

@@ -279,12 +279,19 @@ class AdminServer:
                     after = records[-1].id
         except ValueError as exc:
             return _error(400, f"bad filter: {exc}")
-        for tid in ids:
+        # Tasks live here may be younger than their last write to the store: match them
+        # in memory too. Other instances apply the requests recorded in the store.
+        local = {
+            task.record.id
+            for pipeline in self.runner.pipelines.values()
+            for task in pipeline.matching(self._query(body), states)
+        }
+        for tid in {*ids, *local}:
             pipeline = self.runner.pipelines.get(tid.split(":", 1)[0])
             if pipeline is not None:
                 pipeline.cancel(tid)
-        await store.request_cancel(ids, at=time.time())
-        return web.json_response({"cancelled": len(ids)}, status=202)
+        await store.request_cancel(sorted({*ids, *local}), at=time.time())
+        return web.json_response({"cancelled": len({*ids, *local})}, status=202)
 
     async def redrive(self, request: web.Request) -> web.Response:
         """Run failed (or cancelled) tasks again with a fresh attempt budget."""
