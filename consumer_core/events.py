@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import re
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,6 +22,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from consumer_core.outcome import ErrorKind
+from consumer_core.tracing import new_id
 
 __all__ = [
     "JSON_FORMAT",
@@ -227,7 +227,7 @@ def _result_attributes(
 ) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "specversion": "1.0",
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "type": type_,
         "source": f"/bridge/pipelines/{pipeline}",
         "subject": str(original.get_id()),

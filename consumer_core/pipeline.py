@@ -193,6 +193,11 @@ class Pipeline:
         self.m_retries = m.retries.labels(self.name)
         self.m_dedup = m.deduplicated.labels(self.name)
         self.m_isolated = m.isolated_tenants.labels(self.name)
+        self._finished_counters = {
+            outcome: m.tasks_finished.labels(self.name, outcome)
+            for outcome in ("succeeded", "failed", "cancelled")
+        }
+        self._lane_gauges: dict[str, tuple[Any, Any]] = {}
         self._show_lane(self.shared)
 
     # ----------------------------------------------------------------- lifecycle
@@ -639,9 +644,15 @@ class Pipeline:
         self._show_lane(lane)
 
     def _show_lane(self, lane: Lane[Task]) -> None:
-        m = self.res.metrics
-        m.inflight.labels(self.name, lane.name).set(lane.inflight)
-        m.concurrency_limit.labels(self.name, lane.name).set(lane.window.limit)
+        gauges = self._lane_gauges.get(lane.name)
+        if gauges is None:
+            m = self.res.metrics
+            gauges = self._lane_gauges[lane.name] = (
+                m.inflight.labels(self.name, lane.name),
+                m.concurrency_limit.labels(self.name, lane.name),
+            )
+        gauges[0].set(lane.inflight)
+        gauges[1].set(lane.window.limit)
 
     def _tell_source_window(self) -> None:
         if isinstance(self.source, FollowsWindow):
@@ -742,7 +753,7 @@ class Pipeline:
 
     def _finished(self, task: Task, outcome: str) -> None:
         # Written once delivered (consumer_core.delivery), before its message is settled.
-        self.res.metrics.tasks_finished.labels(self.name, outcome).inc()
+        self._finished_counters[outcome].inc()
         following = self.gates.release(task.gate)
         if following is not None:
             self._enqueue(following)
@@ -896,6 +907,7 @@ class Pipeline:
             elif now - lane.idle_since >= self.thresholds.idle_reclaim:
                 del self.lanes[tenant]
                 self.detector.forget(tenant)
+                self._lane_gauges.pop(lane.name, None)
                 self.res.metrics.inflight.remove(self.name, lane.name)
                 self.res.metrics.concurrency_limit.remove(self.name, lane.name)
                 self.m_isolated.set(len(self.lanes))

@@ -110,3 +110,20 @@ def test_config_reprs_never_show_secrets():
     for secret in ("s3cr3t", "t0k", "pw123", "abc"):
         assert secret not in text
     assert "http://x" in text
+
+
+def test_result_event_ids_are_unique_version_4_uuids():
+    import uuid
+
+    from consumer_core.tracing import child_traceparent, new_id
+
+    ids = {new_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for value in list(ids)[:500]:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    child = child_traceparent(parent)
+    assert child.startswith("00-" + "ab" * 16 + "-")
+    assert child != parent
