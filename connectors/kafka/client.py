@@ -36,7 +36,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as _TP
 
 from connectors.kafka.errors import is_fatal, map_kafka_errors, translate
-from consumer_core.errors import FatalClientError
+from consumer_core.errors import ConnectorError, FatalClientError
 
 __all__ = ["ConsumerClient", "RebalanceListener", "TopicPartition"]
 
@@ -55,10 +55,14 @@ class RebalanceListener(Protocol):
     """The event loop's side of a rebalance (see the module docstring)."""
 
     def on_assigned(
-        self, partitions: Sequence[TopicPartition], committed: Mapping[TopicPartition, int]
+        self,
+        partitions: Sequence[TopicPartition],
+        committed: Mapping[TopicPartition, int],
+        generation: int,
     ) -> None:
         """Called on the loop when partitions were assigned, with the committed offsets
-        known for them (missing: none committed, or the lookup failed)."""
+        known for them (missing: none committed, or the lookup failed) and the
+        assignment's generation (pass it to ``commit``)."""
 
     def on_revoking(
         self, partitions: Sequence[TopicPartition]
@@ -85,17 +89,21 @@ class ConsumerClient:
     ) -> None:
         self._config = dict(config)
         self._config["error_cb"] = self._on_error
+        self._config.setdefault("logger", logging.getLogger("connectors.kafka.librdkafka"))
         self.topics = list(topics)
         self._listener = listener
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{name}")
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fatal: KafkaError | None = None
+        self._deferred: ConnectorError | None = None
         self._cooperative = "cooperative" in str(
             self._config.get("partition.assignment.strategy", "")
         )
         # Thread-side state (only the executor thread writes these):
-        self._assigned: set[TopicPartition] = set()
+        self._assigned: dict[TopicPartition, int] = {}
+        """Assigned partitions and the generation of the assignment that gave them."""
+        self._generation = 0
         self._paused_all = False
         self._watermarks_at = 0.0
         self.high_watermarks: Mapping[TopicPartition, int] = {}
@@ -182,26 +190,37 @@ class ConsumerClient:
         return result
 
     def _consume(self, max_messages: int, timeout: float) -> list[Message[Any, Any]]:
+        # Records taken from librdkafka's queue must reach the caller: one that is
+        # dropped would look like a compaction gap and a commit could pass it. So an
+        # error met after some records were taken is kept for the next call.
+        self._raise_if_fatal()
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
         consumer = self.consumer
         with map_kafka_errors("consuming"):
             messages = consumer.consume(max_messages, 0)
             if not messages:
                 messages = consumer.consume(1, timeout)
-                if messages and max_messages > 1:
-                    messages += consumer.consume(max_messages - 1, 0)
-        self._raise_if_fatal()
+        if messages and len(messages) < max_messages:
+            try:
+                with map_kafka_errors("consuming"):
+                    messages += consumer.consume(max_messages - len(messages), 0)
+            except ConnectorError as exc:
+                self._deferred = exc
         good = [m for m in messages if not self._is_error(m)]
         self._refresh_watermarks()
         return good
 
     def _is_error(self, message: Message[Any, Any]) -> bool:
+        """True for an error event in place of a record (never a record: no offset is
+        skipped by leaving it out). A fatal one fails the next ``consume``."""
         error = message.error()
         if error is None:
             return False
         if is_fatal(error):
             self._fatal = error
-            raise translate(error, "consuming")
-        if error.code() != KafkaError._PARTITION_EOF:
+        elif error.code() != KafkaError._PARTITION_EOF:
             log.warning("kafka consumer: %s", error.str())
         return True
 
@@ -222,17 +241,35 @@ class ConsumerClient:
 
     # ----------------------------------------------------------------- commits
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+    async def commit(
+        self,
+        offsets: Mapping[TopicPartition, int],
+        generations: Mapping[TopicPartition, int | None] | None = None,
+    ) -> dict[TopicPartition, int]:
         """Commit ``offsets`` synchronously; return those the broker accepted.
 
-        Offsets of partitions no longer assigned are skipped (their new owner commits).
-        Raises ``NotConnected`` for a transient failure, ``FatalClientError`` otherwise.
+        Offsets of partitions no longer assigned, or assigned again since (their
+        ``generations`` entry differs), are skipped: they were computed for an
+        assignment that is over. Raises ``NotConnected`` for a transient failure,
+        ``FatalClientError`` otherwise.
         """
-        result: dict[TopicPartition, int] = await self._run(self._commit, dict(offsets))
+        result: dict[TopicPartition, int] = await self._run(
+            self._commit, dict(offsets), dict(generations or {})
+        )
         return result
 
-    def _commit(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
-        wanted = [_TP(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._assigned]
+    def _commit(
+        self,
+        offsets: Mapping[TopicPartition, int],
+        generations: Mapping[TopicPartition, int | None] | None = None,
+    ) -> dict[TopicPartition, int]:
+        def current(tp: TopicPartition) -> bool:
+            if tp not in self._assigned:
+                return False
+            wanted_generation = (generations or {}).get(tp)
+            return wanted_generation is None or wanted_generation == self._assigned[tp]
+
+        wanted = [_TP(t, p, o) for (t, p), o in offsets.items() if current((t, p))]
         if not wanted or self._consumer is None:
             return {}
         with map_kafka_errors("committing offsets"):
@@ -305,7 +342,9 @@ class ConsumerClient:
                 consumer.incremental_assign(partitions)
             else:
                 consumer.assign(partitions)
-            self._assigned.update(tps)
+            self._generation += 1
+            for tp in tps:
+                self._assigned[tp] = self._generation
             # A partition paused in an earlier assignment may come back paused.
             if self._paused_all:
                 consumer.pause(partitions)
@@ -318,7 +357,7 @@ class ConsumerClient:
         log.info("kafka: assigned %s", ", ".join(f"{t}[{p}]" for t, p in tps) or "nothing")
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._listener.on_assigned, tps, committed)
+            loop.call_soon_threadsafe(self._listener.on_assigned, tps, committed, self._generation)
 
     @staticmethod
     def _committed(consumer: Consumer, partitions: list[_TP]) -> dict[TopicPartition, int]:
@@ -343,12 +382,14 @@ class ConsumerClient:
         except Exception:
             log.exception("committing before giving up %s", tps)
         finally:
-            self._assigned.difference_update(tps)
+            for tp in tps:
+                self._assigned.pop(tp, None)
 
     def _on_lost(self, consumer: Consumer, partitions: list[_TP]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions if tp.topic is not None]
         log.warning("kafka: lost %s", ", ".join(f"{t}[{p}]" for t, p in tps))
-        self._assigned.difference_update(tps)
+        for tp in tps:
+            self._assigned.pop(tp, None)
         try:
             self._call_loop(self._listener.on_lost(tps))
         except Exception:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -79,10 +78,3 @@ def map_kafka_errors(doing: str) -> Iterator[None]:
         raise translate(error, doing) from exc
     except (ValueError, TypeError) as exc:
         raise FatalClientError(f"{doing}: {exc}") from exc
-
-
-def kafka_error_name(error: Any) -> str:
-    """A short printable name for a ``KafkaError`` (or anything else)."""
-    if isinstance(error, KafkaError):
-        return f"{error.name()}: {error.str()}"
-    return str(error)

@@ -20,8 +20,11 @@ is given up, and at ``close``.
 
 Backpressure: a partition with ``partition_buffer`` messages taken but not finished
 is paused (``Consumer.pause``: librdkafka stops fetching it and drops what it had
-prefetched) and resumed once fewer than half remain. ``receive`` never takes more
-than the core asks for, so memory stays bounded whatever the backlog.
+prefetched) and resumed once fewer than half remain. ``receive`` takes no more than
+the core asks for; when the core stops asking (pipeline paused, its buffer full) the
+source still polls every second to stay in the group, holding what it gets. So a
+partition holds at most ``partition_buffer`` messages plus the rest of the batch that
+filled it, whatever the backlog, besides librdkafka's own bounded prefetch queue.
 
 Rebalance: on revoke every unsettled delivery of the partition is marked
 ``revoked`` (the core drops those not started), in-flight work gets ``revoke_grace``
@@ -60,6 +63,12 @@ log = logging.getLogger(__name__)
 
 REVOKE_GRACE: Final = 2.0
 """Seconds in-flight messages of a revoked partition get to finish before it goes."""
+KEEPALIVE: Final = 1.0
+"""Seconds without a poll after which the source polls by itself."""
+KEEPALIVE_BATCH: Final = 500
+ZOMBIE_HOLD: Final = 60.0
+"""The longest a returning partition's messages wait for zombies (a safety net: a
+zombie that is a redelivered duplicate of another task is never reported dropped)."""
 
 DEFAULT_SETTINGS: Final[Mapping[str, Any]] = {
     "auto.offset.reset": "earliest",
@@ -87,10 +96,12 @@ def consumer_config(
 
 
 class KafkaDelivery(Delivery):
-    """One record. ``revoked`` is a property: the core reads it only when deciding
-    whether to drop a task (at dispatch, or when a retry falls due), so reading
-    ``True`` tells the source the delivery was dropped. Connector code uses
-    ``revoke()`` / ``_revoked_flag`` and never reads ``revoked``."""
+    """One record.
+
+    ``revoked`` is a property: the core reads it only when deciding whether to drop a
+    task (at dispatch, or when a retry falls due), so a read that returns ``True``
+    tells the source the delivery was dropped and will never be settled. Connector
+    code sets ``revoked`` but never reads it (it reads ``_revoked_flag``)."""
 
     __slots__ = ("_dropped", "_epoch", "_offset", "_revoked_flag", "_source", "_state")
 
@@ -139,27 +150,33 @@ class PartitionState:
     __slots__ = (
         "active",
         "buffer_paused",
-        "committed_at_assign",
         "deliveries",
+        "generation",
         "held",
         "label",
         "tp",
         "tracker",
     )
 
-    def __init__(self, tp: TopicPartition, committed: int | None) -> None:
+    def __init__(
+        self, tp: TopicPartition, committed: int | None, generation: int | None = None
+    ) -> None:
         self.tp = tp
+        self.generation = generation
+        """The client's assignment generation (``None``: not seen assigned)."""
         self.label = f"{tp[0]}/{tp[1]}"
         self.tracker = OffsetTracker()
         self.deliveries: dict[int, KafkaDelivery] = {}
         self.held: deque[KafkaDelivery] = deque()
         self.buffer_paused = False
-        self.committed_at_assign = committed
         self.active = True
+        if committed is not None:
+            # What the group committed before: no need to commit it again.
+            self.tracker.committed(committed)
 
     def committed_offset(self) -> int | None:
-        committed = self.tracker.last_committed
-        return committed if committed is not None else self.committed_at_assign
+        """The group's committed offset as far as this assignment knows."""
+        return self.tracker.last_committed
 
 
 class KafkaSource:
@@ -187,9 +204,14 @@ class KafkaSource:
         self.client = ConsumerClient(config, topics=topics, listener=self, name=pipeline)
         self._states: dict[TopicPartition, PartitionState] = {}
         self._zombies: dict[TopicPartition, set[KafkaDelivery]] = {}
+        self._zombies_since: dict[TopicPartition, float] = {}
         self._released: deque[KafkaDelivery] = deque()
         self._failure: ConnectorError | None = None
-        self._committer: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._polling = asyncio.Lock()
+        """Held around a consume call and the tracking of its messages, so that the
+        keepalive poll and ``receive`` never interleave (offsets must stay in order)."""
+        self._last_poll = time.monotonic()
         self._closing = False
         self._left_core = asyncio.Event()
         """Set whenever a delivery is settled or dropped (the revoke grace waits on it)."""
@@ -220,20 +242,23 @@ class KafkaSource:
         """Create the consumer and join the group. ``NotConnected`` when no broker
         answers (the core retries), ``FatalClientError`` for invalid settings."""
         await self.client.start()
-        if self._committer is None:
-            self._committer = asyncio.create_task(
-                self._commit_loop(), name=f"{self.pipeline}:kafka-commit"
-            )
+        self._last_poll = time.monotonic()
+        if not self._background:
+            self._background = [
+                asyncio.create_task(self._commit_loop(), name=f"{self.pipeline}:kafka-commit"),
+                asyncio.create_task(
+                    self._keepalive_loop(), name=f"{self.pipeline}:kafka-keepalive"
+                ),
+            ]
 
     async def close(self) -> None:
         """Commit what finished, leave the group, stop the consumer thread. Called
         once, after the core settled everything it will settle."""
         self._closing = True
-        if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
-            self._committer = None
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
         await self.commit()
         await self.client.close()
 
@@ -247,16 +272,30 @@ class KafkaSource:
         """
         if self._failure is not None:
             raise self._failure
+        if self._zombies_since:
+            self._expire_zombies()
         out: list[Delivery] = []
         while self._released and len(out) < max_messages:
-            held = self._released.popleft()
-            if held._state.active:
-                held._state.deliveries[held._offset] = held
-                out.append(held)
+            ready = self._released.popleft()
+            if ready._state.active:
+                ready._state.deliveries[ready._offset] = ready
+                out.append(ready)
         room = max_messages - len(out)
         if room <= 0:
             return out
-        messages = await self.client.consume(room, 0.0 if out else timeout)
+        async with self._polling:
+            messages = await self.client.consume(room, 0.0 if out else timeout)
+            self._last_poll = time.monotonic()
+            for delivery in self._accept(messages):
+                delivery._state.deliveries[delivery._offset] = delivery
+                out.append(delivery)
+        return out
+
+    def _accept(self, messages: Sequence[Message[Any, Any]]) -> list[KafkaDelivery]:
+        """Track ``messages``; return those that may go to the core now (in order) and
+        hold the others (their partition still has zombies). Pauses partitions whose
+        buffer is full."""
+        ready: list[KafkaDelivery] = []
         to_pause: list[TopicPartition] = []
         for message in messages:
             delivery = self._take(message)
@@ -266,15 +305,36 @@ class KafkaSource:
             if state.tp in self._zombies:
                 state.held.append(delivery)
             else:
-                state.deliveries[delivery._offset] = delivery
-                out.append(delivery)
+                ready.append(delivery)
             if not state.buffer_paused and state.tracker.outstanding >= self.partition_buffer:
                 state.buffer_paused = True
                 to_pause.append(state.tp)
         if to_pause:
             log.debug("kafka: pausing %s (partition_buffer full)", to_pause)
             self.client.pause_nowait(to_pause)
-        return out
+        return ready
+
+    async def _keepalive_loop(self) -> None:
+        """Poll when the core has not asked for a while (pipeline paused, or its
+        buffer full): librdkafka serves rebalances only inside a poll, and a member
+        that does not poll for ``max.poll.interval.ms`` is put out of the group.
+        Messages taken here wait in ``_released`` (bounded by ``partition_buffer``)."""
+        while True:
+            await asyncio.sleep(KEEPALIVE)
+            idle = time.monotonic() - self._last_poll
+            if self._closing or self._polling.locked() or idle < KEEPALIVE:
+                continue
+            async with self._polling:
+                try:
+                    messages = await self.client.consume(KEEPALIVE_BATCH, 0.0)
+                except FatalClientError as exc:
+                    self._failure = exc
+                    continue
+                except ConnectorError as exc:
+                    log.warning("kafka: polling while idle: %s", exc)
+                    continue
+                self._last_poll = time.monotonic()
+                self._released.extend(self._accept(messages))
 
     def _take(self, message: Message[Any, Any]) -> KafkaDelivery | None:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -289,8 +349,9 @@ class KafkaSource:
         except ValueError:
             # The consumer went back (an offset reset): a new epoch for this partition.
             log.warning("kafka: %s went back to offset %d; starting over", state.label, offset)
+            committed = state.committed_offset()
             self._end_assignment(state)
-            state = self._states[tp] = PartitionState(tp, state.committed_offset())
+            state = self._states[tp] = PartitionState(tp, committed, state.generation)
             epoch = state.tracker.track(offset)
         decoded = decode_record(
             topic=topic,
@@ -348,9 +409,26 @@ class KafkaSource:
         if zombies is None:
             return
         zombies.discard(delivery)
-        if zombies:
-            return
-        del self._zombies[tp]
+        if not zombies:
+            self._release(tp)
+
+    def _expire_zombies(self) -> None:
+        now = time.monotonic()
+        for tp, since in list(self._zombies_since.items()):
+            if now - since > ZOMBIE_HOLD:
+                log.warning(
+                    "kafka: %s[%d]: %d messages of an earlier assignment still in the core "
+                    "after %.0fs; handing the partition's messages over anyway",
+                    tp[0],
+                    tp[1],
+                    len(self._zombies.get(tp, ())),
+                    ZOMBIE_HOLD,
+                )
+                self._release(tp)
+
+    def _release(self, tp: TopicPartition) -> None:
+        self._zombies.pop(tp, None)
+        self._zombies_since.pop(tp, None)
         state = self._states.get(tp)
         if state is not None and state.held:
             log.info("kafka: %s: releasing %d held messages", state.label, len(state.held))
@@ -360,17 +438,24 @@ class KafkaSource:
     # ----------------------------------------------------------------- rebalance (loop side)
 
     def on_assigned(
-        self, partitions: Sequence[TopicPartition], committed: Mapping[TopicPartition, int]
+        self,
+        partitions: Sequence[TopicPartition],
+        committed: Mapping[TopicPartition, int],
+        generation: int | None = None,
     ) -> None:
+        """The client assigned ``partitions``: each starts a new epoch."""
         for tp in partitions:
             old = self._states.pop(tp, None)
             if old is not None:
                 self._end_assignment(old)
-            self._states[tp] = PartitionState(tp, committed.get(tp))
+            self._states[tp] = PartitionState(tp, committed.get(tp), generation)
 
     async def on_revoking(
         self, partitions: Sequence[TopicPartition]
     ) -> Mapping[TopicPartition, int]:
+        """The client is about to give ``partitions`` up (its thread waits for this):
+        drop their queued work, give in-flight work ``revoke_grace`` seconds (none when
+        closing), end their epochs and return the offsets to commit first."""
         states = [s for tp in partitions if (s := self._states.pop(tp, None)) is not None]
         for state in states:
             for delivery in state.deliveries.values():
@@ -390,9 +475,17 @@ class KafkaSource:
             if offset is not None:
                 offsets[state.tp] = offset
             self._end_assignment(state)
+        if states:
+            log.info(
+                "kafka: giving up %d partitions; committing %s",
+                len(states),
+                ", ".join(f"{t}[{p}]@{o}" for (t, p), o in offsets.items()) or "nothing new",
+            )
         return offsets
 
     async def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
+        """The group took ``partitions`` away without a revoke: nothing may be
+        committed for them; their messages in the core become zombies."""
         for tp in partitions:
             state = self._states.pop(tp, None)
             if state is not None:
@@ -413,6 +506,7 @@ class KafkaSource:
                 len(state.deliveries),
             )
             self._zombies.setdefault(state.tp, set()).update(state.deliveries.values())
+            self._zombies_since.setdefault(state.tp, time.monotonic())
         state.deliveries.clear()
         state.tracker.revoke()
 
@@ -434,7 +528,10 @@ class KafkaSource:
         if not wanted:
             return
         try:
-            accepted = await self.client.commit({tp: o for tp, (_, o) in wanted.items()})
+            accepted = await self.client.commit(
+                {tp: o for tp, (_, o) in wanted.items()},
+                {tp: s.generation for tp, (s, _) in wanted.items()},
+            )
         except FatalClientError as exc:
             log.error("kafka: committing offsets failed for good: %s", exc)
             self._failure = exc

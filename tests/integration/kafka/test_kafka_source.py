@@ -31,7 +31,9 @@ class FakeClient:
         taken, self.queue = self.queue[:max_messages], self.queue[max_messages:]
         return taken
 
-    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    async def commit(
+        self, offsets: Mapping[tuple[str, int], int], generations: Any = None
+    ) -> dict[tuple[str, int], int]:
         self.commits.append(dict(offsets))
         return dict(offsets)
 
