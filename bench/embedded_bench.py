@@ -54,7 +54,9 @@ async def post_all(base: str, n: int, keys: int) -> float:
                     "ce-partitionkey": f"k{i % keys}",
                     "Content-Type": "application/json",
                 }
-                async with session.post(f"{base}/v1/pipelines/bench/events", data=body, headers=headers) as r:
+                async with session.post(
+                    f"{base}/v1/pipelines/bench/events", data=body, headers=headers
+                ) as r:
                     assert r.status == 202, await r.text()
 
         await asyncio.gather(*(worker() for _ in range(32)))
@@ -72,7 +74,9 @@ def run_mode(mode: str, n: int, url: str, ordering: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         port = free_port()
-        (work / "bridge.yaml").write_text(CONFIG.format(port=port, url=url, mode=mode, ordering=ordering))
+        (work / "bridge.yaml").write_text(
+            CONFIG.format(port=port, url=url, mode=mode, ordering=ordering)
+        )
         bridge = start(
             [sys.executable, "-m", "consumer_core", "--log-level", "warning", "run", "bridge.yaml"],
             cwd=work,
@@ -114,12 +118,13 @@ def main() -> None:
     fn, url = function_server()
     try:
         print(f"{args.events} events of ~1 KiB, 1000 keys, ordering={args.ordering}, window 64")
-        print(f"{'mode':<8} {'intake/s':>10} {'processed/s':>12} {'cpu s/10k':>10} {'peak RSS MB':>12}")
+        header = ("mode", "intake/s", "processed/s", "cpu s/10k", "peak RSS MB")
+        print(f"{header[0]:<8} " + " ".join(f"{h:>12}" for h in header[1:]))
         for mode in ("binary", "batch"):
             r = run_mode(mode, args.events, url, args.ordering)
             print(
-                f"{mode:<8} {r['intake_per_s']:>10.0f} {r['processed_per_s']:>12.0f} "
-                f"{r['cpu_s_per_10k']:>10.2f} {r['peak_rss_mb']:>12.0f}"
+                f"{mode:<8} {r['intake_per_s']:>12.0f} {r['processed_per_s']:>12.0f} "
+                f"{r['cpu_s_per_10k']:>12.2f} {r['peak_rss_mb']:>12.0f}"
             )
     finally:
         stop(fn)

@@ -1,6 +1,6 @@
 """A minimal echo function for benchmarks: one process, aiohttp, understands batch mode.
 
-    python -m bench.function_server --port 9100
+python -m bench.function_server --port 9100
 """
 
 from __future__ import annotations

@@ -32,7 +32,9 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     raise TimeoutError(url)
 
 
-def start(args: list[str], cwd: Path | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+def start(
+    args: list[str], cwd: Path | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(args, cwd=cwd or ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
