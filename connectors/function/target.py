@@ -1,18 +1,21 @@
 """``target: {type: http}``: invoke a stateless function over HTTP.
 
-One shared aiohttp session (one connection pool) per pipeline. ``invoke`` never raises
-for a remote failure: every answer or exception goes through ``classify``.
+One connection pool per pipeline: the lean keep-alive client
+(``connectors.function.http``) or, when tracing is on, an aiohttp session with the
+OpenTelemetry instrumentation. ``invoke`` never raises for a remote failure: every
+answer or exception goes through ``classify``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 
 from connectors.function import encoding
 from connectors.function.classify import classify_exception, classify_response
+from connectors.function.http import LeanHttpClient
 from consumer_core.config.model import TargetMode, TargetSpec
 from consumer_core.events import CloudEvent
 from consumer_core.outcome import Outcome, OutcomeKind
@@ -38,8 +41,14 @@ class HttpTarget:
         self.pool_size = pool_size
         self._static = dict(spec.headers)
         self._session: aiohttp.ClientSession | None = None
+        self._lean: LeanHttpClient | None = None
 
     async def start(self) -> None:
+        if not self.trace_configs:
+            self._lean = LeanHttpClient(
+                self.url, pool_size=self.pool_size, timeout=self.spec.timeout, ssl_context=self.ssl
+            )
+            return
         connector = aiohttp.TCPConnector(
             limit=self.pool_size,
             limit_per_host=0,
@@ -53,9 +62,21 @@ class HttpTarget:
         )
 
     async def close(self) -> None:
+        if self._lean is not None:
+            await self._lean.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _post(
+        self, headers: dict[str, str], body: bytes
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        if self._lean is not None:
+            return await self._lean.post(headers, body)
+        session = self._session
+        assert session is not None, "invoke() before start()"
+        async with session.post(self.url, data=body, headers=headers) as response:
+            return response.status, response.headers, await response.read()
 
     def _encode(self, events: Sequence[CloudEvent]) -> tuple[dict[str, str], bytes]:
         mode = self.spec.mode
@@ -68,17 +89,13 @@ class HttpTarget:
     async def invoke(
         self, events: Sequence[CloudEvent], *, attempt: int, traceparent: str | None
     ) -> Sequence[Outcome]:
-        session = self._session
-        assert session is not None, "invoke() before start()"
         headers, body = self._encode(events)
         headers.update(self._static)
         headers["x-bridge-attempt"] = str(attempt)
         if traceparent:
             headers["traceparent"] = traceparent
         try:
-            async with session.post(self.url, data=body, headers=headers) as response:
-                payload = await response.read()
-                status, answer_headers = response.status, response.headers
+            status, answer_headers, payload = await self._post(headers, body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
