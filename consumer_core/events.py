@@ -21,6 +21,7 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
+from consumer_core import codec
 from consumer_core.outcome import ErrorKind
 from consumer_core.tracing import new_id
 
@@ -71,12 +72,12 @@ def attributes_json(event: CloudEvent) -> str:
     time = attributes.get("time")
     if isinstance(time, datetime):
         attributes["time"] = time.isoformat().replace("+00:00", "Z")
-    return json.dumps(attributes, separators=(",", ":"))
+    return codec.dumps_text(attributes)
 
 
 def from_stored(attributes: str, data: bytes | None) -> CloudEvent:
     """The inverse of ``attributes_json`` plus the data, without re-validation."""
-    parsed: dict[str, Any] = json.loads(attributes)
+    parsed: dict[str, Any] = codec.loads(attributes)
     time = parsed.get("time")
     if isinstance(time, str):
         parsed["time"] = datetime.fromisoformat(time)
@@ -122,7 +123,7 @@ def _data_to_bytes(data: Any, content_type: str | None) -> bytes | None:
         return bytes(data)
     if isinstance(data, str) and not is_json_type(content_type):
         return data.encode()
-    return json.dumps(data, separators=(",", ":")).encode()
+    return codec.dumps(data)
 
 
 def normalize(event: Any) -> CloudEvent:
@@ -176,7 +177,7 @@ def decode_data(event: CloudEvent) -> Any:
     content_type = event.get_attributes().get("datacontenttype")
     if isinstance(data, bytes) and is_json_type(content_type):
         try:
-            return json.loads(data)
+            return codec.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError):
             pass
     if isinstance(data, bytes):
@@ -208,7 +209,7 @@ def structured_dict(event: CloudEvent) -> dict[str, Any]:
 
 
 def structured_bytes(event: CloudEvent) -> bytes:
-    return json.dumps(structured_dict(event), separators=(",", ":")).encode()
+    return codec.dumps(structured_dict(event))
 
 
 def partition_key(event: CloudEvent) -> str | None:
@@ -292,4 +293,4 @@ def failed_event(
         "error": {"kind": kind.value, "message": message, "status": status},
         "event": structured_dict(original),
     }
-    return trusted_event(attributes, json.dumps(body, separators=(",", ":")).encode())
+    return trusted_event(attributes, codec.dumps(body))

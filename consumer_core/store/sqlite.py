@@ -11,7 +11,6 @@ load instead of paying one fsync per message. The journal is WAL with
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from consumer_core import codec
 from consumer_core.errors import StoreError
 from consumer_core.store.base import Parked, TaskQuery
 from consumer_core.store.writebehind import WriteBehind
@@ -190,7 +190,7 @@ def _row(record: TaskRecord) -> tuple[Any, ...]:
         record.tenant,
         record.received,
         finished,
-        json.dumps(doc, separators=(",", ":")),
+        codec.dumps_text(doc),
     )
 
 
@@ -246,7 +246,7 @@ class SqliteTaskStore:
         rows = await self.db.run(
             lambda conn: conn.execute("SELECT doc FROM tasks WHERE id = ?", (task_id,)).fetchall()
         )
-        return TaskRecord.from_json(json.loads(rows[0][0])) if rows else None
+        return TaskRecord.from_json(codec.loads(rows[0][0])) if rows else None
 
     async def query(self, query: TaskQuery) -> list[TaskRecord]:
         await self.flush()
@@ -273,7 +273,7 @@ class SqliteTaskStore:
         sql = f"SELECT doc FROM tasks {where} ORDER BY id LIMIT ?"
         params.append(query.limit)
         rows = await self.db.run(lambda conn: conn.execute(sql, params).fetchall())
-        return [TaskRecord.from_json(json.loads(row[0])) for row in rows]
+        return [TaskRecord.from_json(codec.loads(row[0])) for row in rows]
 
     async def purge(self, *, finished_before: float) -> int:
         count: list[int] = []
