@@ -29,6 +29,8 @@ class Call:
     headers: dict[str, str]
     attributes: dict[str, Any] = field(default_factory=dict)
     """The CloudEvent's attributes (structured and batch modes)."""
+    raw: bytes = b""
+    """The request body as received."""
     at: float = field(default_factory=time.monotonic)
 
 
@@ -86,7 +88,9 @@ class FunctionServer:
             return await self._batch(json.loads(body), attempt, headers, request)
         if content_type.startswith("application/cloudevents+json"):
             doc = json.loads(body)
-            call = Call(doc["id"], attempt, doc.get("partitionkey"), doc.get("data"), headers, doc)
+            call = Call(
+                doc["id"], attempt, doc.get("partitionkey"), doc.get("data"), headers, doc, body
+            )
         else:
             try:
                 data: Any = json.loads(body) if body else None
