@@ -281,9 +281,13 @@ class Pipeline:
         raise _Stopped
 
     def _draining(self) -> bool:
-        """Whether work that can still finish is left: running tasks, or queued tasks
-        the dispatcher may start (not those waiting out a backoff)."""
-        return any(t.record.state is not TaskState.RETRYING for t in self.live.values())
+        """Whether in-flight work is left: invocations running, or results not yet
+        delivered and settled. Nothing new starts once stopping; queued, retrying and
+        key-blocked tasks are handed back rather than waited for."""
+        return any(
+            t.record.state is TaskState.RUNNING or t.result is not None
+            for t in self.live.values()
+        )
 
     # ----------------------------------------------------------------- pause/resume
 
