@@ -35,14 +35,22 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 def start(
     args: list[str], cwd: Path | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(args, cwd=cwd or ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if log is None:
+        return subprocess.Popen(
+            args, cwd=cwd or ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            args, cwd=cwd or ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
-def function_server() -> tuple[subprocess.Popen[bytes], str]:
+def function_server(delay: float = 0.0) -> tuple[subprocess.Popen[bytes], str]:
+    """The echo function in its own process; ``delay`` seconds before each answer."""
     port = free_port()
-    proc = start([sys.executable, "-m", "bench.function_server", "--port", str(port)])
+    args = ["--port", str(port), "--delay", str(delay)]
+    proc = start([sys.executable, "-m", "bench.function_server", *args])
     url = f"http://127.0.0.1:{port}/fn"
     wait_http(url)
     return proc, url

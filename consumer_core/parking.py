@@ -62,6 +62,8 @@ class Parking:
         """Parked rows per tenant (loaded or not) that are not yet deleted."""
         self._cursor: dict[str, int] = {}
         """Per tenant, the highest ``seq`` loaded into memory."""
+        self.parking_ids: set[str] = set()
+        """Tasks being written to the store right now (still live until written)."""
         self._parked_total = pipeline.res.metrics.parked.labels(pipeline.name)
 
     async def start(self) -> None:
@@ -106,15 +108,29 @@ class Parking:
         """Move ``tasks`` (none of them running) to the store, then settle their messages."""
         if not tasks:
             return
-        ordered = sorted(tasks, key=lambda t: t.seq)
-        await self.store.park(
-            [self._row(t) for t in ordered], owner=self.owner, lease_until=time.time() + LEASE
-        )
+        # Arrival order: a task loaded back from the store keeps its original receipt
+        # time, so parking it again keeps it ahead of later arrivals of its key.
+        ordered = sorted(tasks, key=lambda t: (t.record.received or 0.0, t.seq))
+        # What to settle is fixed now: while the rows are written, ``refill`` may read
+        # them back and must not hand them to these (still live) tasks.
+        settle = [(task, list(task.deliveries)) for task in ordered]
         for task in ordered:
-            self.counts[task.record.tenant] += 1
-            for delivery in task.deliveries:
+            self.parking_ids.add(task.record.id)
+            self.counts[task.record.tenant] += 1  # counted before the write: see refill
+        try:
+            await self.store.park(
+                [self._row(t) for t in ordered], owner=self.owner, lease_until=time.time() + LEASE
+            )
+        except BaseException:
+            for task in ordered:
+                self.parking_ids.discard(task.record.id)
+                self.counts[task.record.tenant] -= 1
+            raise
+        for task, deliveries in settle:
+            for delivery in deliveries:
                 await delivery.ack()
             self.pipeline.forget(task)
+            self.parking_ids.discard(task.record.id)
         self._parked_total.inc(len(ordered))
 
     async def redrive(self, records: Sequence[TaskRecord]) -> int:
@@ -166,7 +182,7 @@ class Parking:
             if tenant in pipeline.paused_tenants:
                 continue
             lane = pipeline.lane_for(tenant)
-            target = max(32, 2 * lane.window.limit * pipeline.per_request)
+            target = max(64, 4 * lane.window.limit * pipeline.per_request)
             in_memory = pipeline.tenant_live[tenant]
             if in_memory >= target // 2:
                 continue
@@ -179,8 +195,9 @@ class Parking:
             )
             if not rows:
                 continue
-            self._cursor[tenant] = rows[-1].seq
-            await self._load(rows)
+            loaded = await self._load(rows)
+            if loaded:
+                self._cursor[tenant] = loaded
         for tenant in list(self.spilling):
             if self.counts.get(tenant, 0) == 0 and (
                 pipeline.tenant_live[tenant] < pipeline.thresholds.spill_after // 2
@@ -188,13 +205,18 @@ class Parking:
                 self.spilling.discard(tenant)
                 log.info("pipeline %s: tenant %s no longer spills", pipeline.name, tenant)
 
-    async def _load(self, rows: Sequence[Parked]) -> None:
+    async def _load(self, rows: Sequence[Parked]) -> int:
+        """Take rows back into the pipeline, in order; return the last ``seq`` taken (0 if
+        none). Stops at a row whose task is still being parked: it is read again later."""
         pipeline = self.pipeline
+        last = 0
         finished = await self.store.finished([r.task_id for r in rows], since=0.0)
         for row in rows:
-            if row.task_id in finished or row.task_id in pipeline.live:
-                if row.task_id in finished:
-                    await self.unpark(row.seq, row.tenant)
+            if row.task_id in self.parking_ids:
+                break
+            last = row.seq
+            if row.task_id in finished:
+                await self.unpark(row.seq, row.tenant)
                 continue
             record = TaskRecord.from_json(json.loads(row.record))
             event = from_stored(row.attributes, row.data)
@@ -209,7 +231,14 @@ class Parking:
                 headers=json.loads(row.headers),
                 attributes={"tenant": row.tenant, "bridge.parked.seq": row.seq},
             )
+            live = pipeline.live.get(row.task_id)
+            if live is not None:
+                # The same task is already in memory (its message was delivered again):
+                # this row is settled together with it.
+                live.deliveries.append(delivery)
+                continue
             pipeline.admit_parked(record, event, delivery, row.not_before)
+        return last
 
 
 def _data(task: Task) -> bytes | None:

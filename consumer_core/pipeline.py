@@ -69,6 +69,9 @@ DEDUP_WINDOW = 24 * 3600.0
 
 _WAITING = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
 
+SPILL_WAIT = 1.0
+"""Seconds an isolated tenant's task may wait before its backlog is parked in the store."""
+
 CHECKPOINT_AGE = 0.5
 """Seconds a task must be live before its intermediate states are written to the store."""
 
@@ -217,6 +220,7 @@ class Pipeline:
             group.create_task(self._dispatch_loop(), name=f"{self.name}:dispatch")
             group.create_task(self.results.run(), name=f"{self.name}:deliver")
             group.create_task(self._housekeeping_loop(), name=f"{self.name}:housekeeping")
+            group.create_task(self._refill_loop(), name=f"{self.name}:refill")
             group.create_task(self._drain_on_stop(), name=f"{self.name}:shutdown")
 
     async def _connect(self) -> None:
@@ -285,8 +289,7 @@ class Pipeline:
         delivered and settled. Nothing new starts once stopping; queued, retrying and
         key-blocked tasks are handed back rather than waited for."""
         return any(
-            t.record.state is TaskState.RUNNING or t.result is not None
-            for t in self.live.values()
+            t.record.state is TaskState.RUNNING or t.result is not None for t in self.live.values()
         )
 
     # ----------------------------------------------------------------- pause/resume
@@ -789,7 +792,6 @@ class Pipeline:
                     self._isolate(now)
                     await self._spill()
                     self._reclaim(now)
-                await self.parking.refill()
                 if now - last_lease > 5.0:
                     last_lease = now
                     await self.parking.keep_leases()
@@ -800,6 +802,19 @@ class Pipeline:
                     exc,
                     extra=self._ctx,
                 )
+
+    async def _refill_loop(self) -> None:
+        """Load parked tasks back as their lanes make room: every 20 ms while any are
+        parked, every 200 ms otherwise."""
+        while not self.stopping:
+            await asyncio.sleep(0.02 if self.parking.counts else 0.2)
+            try:
+                await self.parking.refill()
+            except StoreError as exc:
+                log.warning(
+                    "pipeline %s: loading parked tasks failed: %s", self.name, exc, extra=self._ctx
+                )
+                await asyncio.sleep(1.0)
 
     def _checkpoint(self, wall: float) -> None:
         """Hand the store the records of tasks live for more than ``CHECKPOINT_AGE``.
@@ -819,6 +834,8 @@ class Pipeline:
         # Every tenant with work in the shared lane: queued, running, retrying or
         # waiting behind its key.
         shared_tenants = {t for t in self.tenant_live if t not in self.lanes}
+        if self._isolate_flood(shared_tenants):
+            return
         if len(shared_tenants) < 2 and not any(
             self.detector.verdict(t, now=now, inflight={}, backlog={}) for t in shared_tenants
         ):
@@ -829,6 +846,18 @@ class Pipeline:
             reason = self.detector.verdict(tenant, now=now, inflight=inflight, backlog=backlog)
             if reason is not None:
                 self._promote(tenant, reason)
+
+    def _isolate_flood(self, shared_tenants: set[str]) -> bool:
+        """A full buffer stops the source, so tenants queued behind the flood in the
+        source cannot even be seen: isolate the tenant that fills it. True if done."""
+        if not shared_tenants or len(self.live) < 0.9 * self.capacity():
+            return False
+        tenant = max(shared_tenants, key=lambda t: self.tenant_live[t])
+        share = self.tenant_live[tenant] / len(self.live)
+        if share < self.thresholds.backlog_share:
+            return False
+        self._promote(tenant, f"holds {share:.0%} of a full buffer")
+        return True
 
     def _promote(self, tenant: str, reason: str) -> None:
         c = self.config.concurrency
@@ -851,11 +880,18 @@ class Pipeline:
         )
 
     async def _spill(self) -> None:
+        """Park an isolated tenant's waiting work once it is more than ``spill_after``
+        tasks, or once any of it has waited ``SPILL_WAIT`` seconds: either way the lane
+        is not keeping up, and its messages would hold back the source's commits."""
         limit = self.thresholds.spill_after
+        horizon = time.time() - SPILL_WAIT
         for tenant, lane in list(self.lanes.items()):
             if tenant in self.parking.spilling:
                 continue
-            if self.tenant_live[tenant] - self.tenant_inflight[tenant] <= limit:
+            waiting = self.tenant_live[tenant] - self.tenant_inflight[tenant]
+            if waiting <= 0:
+                continue
+            if waiting <= limit and not self._waited_since(tenant, horizon):
                 continue
             self.parking.spilling.add(tenant)
             tasks = self._take_waiting(tenant, lane)
@@ -866,6 +902,16 @@ class Pipeline:
                 len(tasks),
             )
             await self.parking.park(tasks)
+
+    def _waited_since(self, tenant: str, horizon: float) -> bool:
+        """Whether a waiting task of ``tenant`` was received before ``horizon``."""
+        return any(
+            t.record.tenant == tenant
+            and t.record.state in _WAITING
+            and t.lane is None
+            and (t.record.received or 0.0) < horizon
+            for t in self.live.values()
+        )
 
     def _take_waiting(self, tenant: str, lane: Lane[Task]) -> list[Task]:
         """Take every waiting task of ``tenant`` out of its lane, key gate or retry timer.
