@@ -197,3 +197,35 @@ async def test_cli_shows_and_cancels_a_task(tmp_path, function_server, bridge_pr
     assert missing.returncode == 1
     assert "HTTP 404" in missing.stderr
     assert bridge.terminate() == 0
+
+
+async def test_cancel_a_running_task_discards_its_answer(tmp_path, function_server, bridge_process):
+    fn = await function_server(lambda call: Reply(200, {"late": True}, delay=1.5)).start()
+    bridge = bridge_process(CONFIG.format(url=fn.url, attempts=3, backoff="100ms")).start()
+    await asyncio.to_thread(post, bridge, "acme", 1)
+    await wait_until(lambda: len(fn.calls) == 1, 10, "running")
+    status, doc = bridge.request("POST", "/v1/tasks/tm:acme-0/cancel")
+    assert (status, doc["was"]) == (202, "running")
+    await wait_until(lambda: len(read_jsonl(tmp_path / "failed.jsonl")) == 1, 10, "cancelled")
+    (failed,) = read_jsonl(tmp_path / "failed.jsonl")
+    assert failed["data"]["error"]["kind"] == "cancelled"
+    assert read_jsonl(tmp_path / "ok.jsonl") == [], "the function's late answer is discarded"
+    assert bridge.get("/v1/tasks/tm:acme-0")[1]["state"] == "cancelled"
+    assert bridge.terminate() == 0
+
+
+async def test_cancel_pending_and_paused_tasks(tmp_path, function_server, bridge_process):
+    fn = await function_server().start()
+    bridge = bridge_process(CONFIG.format(url=fn.url, attempts=3, backoff="100ms")).start()
+    bridge.request("POST", "/v1/pipelines/tm/tenants/acme/pause")
+    await asyncio.to_thread(post, bridge, "acme", 3)
+    await wait_until(
+        lambda: bridge.get("/v1/tasks/tm:acme-1")[1].get("state") == "paused", 10, "paused"
+    )
+    status, doc = bridge.request("POST", "/v1/tasks/tm:acme-1/cancel")
+    assert (status, doc["was"]) == (202, "paused")
+    await wait_until(lambda: len(read_jsonl(tmp_path / "failed.jsonl")) == 1, 10, "cancelled")
+    bridge.request("POST", "/v1/pipelines/tm/tenants/acme/resume")
+    await wait_until(lambda: len(read_jsonl(tmp_path / "ok.jsonl")) == 2, 10, "the others ran")
+    assert {c.event_id for c in fn.calls} == {"acme-0", "acme-2"}
+    assert bridge.terminate() == 0
