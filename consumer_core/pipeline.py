@@ -567,6 +567,12 @@ class Pipeline:
         of the partition processes it. True if it was dropped."""
         if not task.deliveries[0].revoked:
             return False
+        current = [d for d in task.deliveries if not d.revoked]
+        if current:
+            # The message came back (the partition returned to us): keep the task, with
+            # the copy that is ours now.
+            task.deliveries = current
+            return False
         self.forget(task)
         following = self.gates.release(task.gate)
         if following is not None:
