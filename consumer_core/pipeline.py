@@ -58,6 +58,7 @@ from consumer_core.payload import PayloadChecks
 from consumer_core.retry import RetryPolicy
 from consumer_core.store.base import TaskQuery
 from consumer_core.tasks import AttemptRecord, TaskRecord, TaskState, task_id
+from consumer_core.tenancy import Tenancy
 from consumer_core.tracing import child_traceparent, incoming_traceparent
 
 __all__ = ["Pipeline", "Task", "run_pipeline"]
@@ -68,9 +69,6 @@ DEDUP_WINDOW = 24 * 3600.0
 """How long a finished task's id suppresses a redelivered copy of its message."""
 
 _WAITING = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
-
-SPILL_WAIT = 1.0
-"""Seconds an isolated tenant's task may wait before its backlog is parked in the store."""
 
 CHECKPOINT_AGE = 0.5
 """Seconds a task must be live before its intermediate states are written to the store."""
@@ -188,6 +186,7 @@ class Pipeline:
         self._calls: set[asyncio.Task[None]] = set()
         self.results = ResultDelivery(self, on_success=on_success, on_failure=on_failure)
         self.parking = Parking(self, owner=f"{instance}/{self.name}")
+        self.tenancy = Tenancy(self)
         m = resources.metrics
         self._ctx = {"pipeline": self.name}
         """Context for structured log lines (``extra``)."""
@@ -795,9 +794,9 @@ class Pipeline:
             self._checkpoint(time.time())
             try:
                 if self.isolation:
-                    self._isolate(now)
-                    await self._spill()
-                    self._reclaim(now)
+                    self.tenancy.isolate(now)
+                    await self.tenancy.spill()
+                    self.tenancy.reclaim(now)
                 if now - last_lease > 5.0:
                     last_lease = now
                     await self.parking.keep_leases()
@@ -835,145 +834,6 @@ class Pipeline:
             if task.dirty and record.delivered is None and (record.received or wall) <= horizon:
                 task.dirty = False
                 self.store.save(record)
-
-    def _isolate(self, now: float) -> None:
-        # Every tenant with work in the shared lane: queued, running, retrying or
-        # waiting behind its key.
-        shared_tenants = {t for t in self.tenant_live if t not in self.lanes}
-        if self._isolate_flood(shared_tenants):
-            return
-        if len(shared_tenants) < 2 and not any(
-            self.detector.verdict(t, now=now, inflight={}, backlog={}) for t in shared_tenants
-        ):
-            return
-        inflight = {t: self.tenant_inflight[t] for t in shared_tenants}
-        backlog = {t: self.tenant_live[t] - self.tenant_inflight[t] for t in shared_tenants}
-        for tenant in shared_tenants:
-            reason = self.detector.verdict(tenant, now=now, inflight=inflight, backlog=backlog)
-            if reason is not None:
-                self._promote(tenant, reason)
-
-    def _isolate_flood(self, shared_tenants: set[str]) -> bool:
-        """A full buffer stops the source, so tenants queued behind the flood in the
-        source cannot even be seen: isolate the tenant that fills it. True if done."""
-        if not shared_tenants or len(self.live) < 0.9 * self.capacity():
-            return False
-        tenant = max(shared_tenants, key=lambda t: self.tenant_live[t])
-        share = self.tenant_live[tenant] / len(self.live)
-        if share < self.thresholds.backlog_share:
-            return False
-        self._promote(tenant, f"holds {share:.0%} of a full buffer")
-        return True
-
-    def _promote(self, tenant: str, reason: str) -> None:
-        c = self.config.concurrency
-        cap = max(1, int(self.thresholds.max_share * c.max))
-        initial = max(c.min, min(cap, self.shared.window.limit))
-        lane: Lane[Task] = Lane(
-            f"tenant:{tenant}",
-            AimdWindow(initial=initial, minimum=min(c.min, cap), maximum=cap),
-            tenant=tenant,
-            cap=cap,
-        )
-        for task in self.shared.queue.take_tenant(tenant):
-            lane.queue.push(tenant, task)
-        self.lanes[tenant] = lane
-        self.m_isolated.set(len(self.lanes))
-        self.res.metrics.isolation_moves.labels(self.name, "promoted").inc()
-        self._show_lane(lane)
-        log.warning(
-            "pipeline %s: tenant %s isolated: %s", self.name, tenant, reason, extra=self._ctx
-        )
-
-    async def _spill(self) -> None:
-        """Park an isolated tenant's waiting work once it is more than ``spill_after``
-        tasks, or once any of it has waited ``SPILL_WAIT`` seconds: either way the lane
-        is not keeping up, and its messages would hold back the source's commits."""
-        limit = self.thresholds.spill_after
-        horizon = time.time() - SPILL_WAIT
-        for tenant, lane in list(self.lanes.items()):
-            if tenant in self.parking.spilling:
-                continue
-            waiting = self.tenant_live[tenant] - self.tenant_inflight[tenant]
-            if waiting <= 0:
-                continue
-            if waiting <= limit and not self._waited_since(tenant, horizon):
-                continue
-            self.parking.spilling.add(tenant)
-            tasks = self._take_waiting(tenant, lane)
-            log.info(
-                "pipeline %s: tenant %s spills %d waiting tasks to the store",
-                self.name,
-                tenant,
-                len(tasks),
-            )
-            await self.parking.park(tasks)
-
-    def _waited_since(self, tenant: str, horizon: float) -> bool:
-        """Whether a waiting task of ``tenant`` was received before ``horizon``."""
-        return any(
-            t.record.tenant == tenant
-            and t.record.state in _WAITING
-            and t.lane is None
-            and (t.record.received or 0.0) < horizon
-            for t in self.live.values()
-        )
-
-    def _take_waiting(self, tenant: str, lane: Lane[Task]) -> list[Task]:
-        """Take every waiting task of ``tenant`` out of its lane, key gate or retry timer.
-
-        Tasks waiting behind a key are removed from the gates first, so that releasing
-        the keys the others held cannot hand a key to a task that is leaving too.
-        """
-        queued = lane.queue.take_tenant(tenant)
-        retrying = [
-            t
-            for t in self.live.values()
-            if t.record.tenant == tenant and t.retry_handle is not None and not t.cancelled
-        ]
-        behind_keys = [
-            t
-            for t in self.live.values()
-            if t.record.tenant == tenant
-            and t.record.state in _WAITING
-            and t.retry_handle is None
-            and t.lane is None
-            and self.gates.remove(t.gate, t)
-        ]
-        for task in retrying:
-            assert task.retry_handle is not None
-            task.retry_handle.cancel()
-            task.retry_handle = None
-        for task in [*queued, *retrying]:
-            following = self.gates.release(task.gate)
-            if following is not None:
-                self._enqueue(following)
-        return [*queued, *retrying, *behind_keys]
-
-    def _reclaim(self, now: float) -> None:
-        for tenant, lane in list(self.lanes.items()):
-            idle = (
-                not lane.busy and not self.tenant_live[tenant] and not self.parking.counts[tenant]
-            )
-            if not idle:
-                lane.idle_since = None
-                continue
-            if lane.idle_since is None:
-                lane.idle_since = now
-            elif now - lane.idle_since >= self.thresholds.idle_reclaim:
-                del self.lanes[tenant]
-                self.detector.forget(tenant)
-                self._lane_gauges.pop(lane.name, None)
-                self.res.metrics.inflight.remove(self.name, lane.name)
-                self.res.metrics.concurrency_limit.remove(self.name, lane.name)
-                self.m_isolated.set(len(self.lanes))
-                self.res.metrics.isolation_moves.labels(self.name, "reclaimed").inc()
-                log.warning(
-                    "pipeline %s: tenant %s reclaimed into the shared lane after %.0fs idle",
-                    self.name,
-                    tenant,
-                    now - lane.idle_since,
-                )
 
     # ----------------------------------------------------------------- operator actions
 

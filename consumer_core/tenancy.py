@@ -1,0 +1,175 @@
+"""Tenant isolation: moving a misbehaving tenant to a lane of its own, parking its
+backlog, and merging it back once it is idle (see docs/concepts.md).
+
+``Tenancy`` works on its pipeline's state (lanes, gates, live tasks) from the
+pipeline's housekeeping loop; the decisions themselves are ``consumer_core.isolation``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from consumer_core.flow import AimdWindow
+from consumer_core.lanes import Lane
+from consumer_core.tasks import TaskState
+
+if TYPE_CHECKING:
+    from consumer_core.pipeline import Pipeline, Task
+
+__all__ = ["SPILL_WAIT", "Tenancy"]
+
+log = logging.getLogger("consumer_core.pipeline")
+
+SPILL_WAIT = 1.0
+"""Seconds an isolated tenant's task may wait before its backlog is parked in the store."""
+
+_WAITING = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
+
+
+class Tenancy:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def isolate(self, now: float) -> None:
+        p = self.pipeline
+        # Every tenant with work in the shared lane: queued, running, retrying or
+        # waiting behind its key.
+        shared_tenants = {t for t in p.tenant_live if t not in p.lanes}
+        if self._isolate_flood(shared_tenants):
+            return
+        if len(shared_tenants) < 2 and not any(
+            p.detector.verdict(t, now=now, inflight={}, backlog={}) for t in shared_tenants
+        ):
+            return
+        inflight = {t: p.tenant_inflight[t] for t in shared_tenants}
+        backlog = {t: p.tenant_live[t] - p.tenant_inflight[t] for t in shared_tenants}
+        for tenant in shared_tenants:
+            reason = p.detector.verdict(tenant, now=now, inflight=inflight, backlog=backlog)
+            if reason is not None:
+                self._promote(tenant, reason)
+
+    def _isolate_flood(self, shared_tenants: set[str]) -> bool:
+        """A full buffer stops the source, so tenants queued behind the flood in the
+        source cannot even be seen: isolate the tenant that fills it. True if done."""
+        p = self.pipeline
+        if not shared_tenants or len(p.live) < 0.9 * p.capacity():
+            return False
+        tenant = max(shared_tenants, key=lambda t: p.tenant_live[t])
+        share = p.tenant_live[tenant] / len(p.live)
+        if share < p.thresholds.backlog_share:
+            return False
+        self._promote(tenant, f"holds {share:.0%} of a full buffer")
+        return True
+
+    def _promote(self, tenant: str, reason: str) -> None:
+        p = self.pipeline
+        c = p.config.concurrency
+        cap = max(1, int(p.thresholds.max_share * c.max))
+        initial = max(c.min, min(cap, p.shared.window.limit))
+        lane: Lane[Task] = Lane(
+            f"tenant:{tenant}",
+            AimdWindow(initial=initial, minimum=min(c.min, cap), maximum=cap),
+            tenant=tenant,
+            cap=cap,
+        )
+        for task in p.shared.queue.take_tenant(tenant):
+            lane.queue.push(tenant, task)
+        p.lanes[tenant] = lane
+        p.m_isolated.set(len(p.lanes))
+        p.res.metrics.isolation_moves.labels(p.name, "promoted").inc()
+        p._show_lane(lane)
+        log.warning("pipeline %s: tenant %s isolated: %s", p.name, tenant, reason, extra=p._ctx)
+
+    async def spill(self) -> None:
+        """Park an isolated tenant's waiting work once it is more than ``spill_after``
+        tasks, or once any of it has waited ``SPILL_WAIT`` seconds: either way the lane
+        is not keeping up, and its messages would hold back the source's commits."""
+        p = self.pipeline
+        limit = p.thresholds.spill_after
+        horizon = time.time() - SPILL_WAIT
+        for tenant, lane in list(p.lanes.items()):
+            if tenant in p.parking.spilling:
+                continue
+            waiting = p.tenant_live[tenant] - p.tenant_inflight[tenant]
+            if waiting <= 0:
+                continue
+            if waiting <= limit and not self._waited_since(tenant, horizon):
+                continue
+            p.parking.spilling.add(tenant)
+            tasks = self._take_waiting(tenant, lane)
+            log.info(
+                "pipeline %s: tenant %s spills %d waiting tasks to the store",
+                p.name,
+                tenant,
+                len(tasks),
+            )
+            await p.parking.park(tasks)
+
+    def _waited_since(self, tenant: str, horizon: float) -> bool:
+        """Whether a waiting task of ``tenant`` was received before ``horizon``."""
+        p = self.pipeline
+        return any(
+            t.record.tenant == tenant
+            and t.record.state in _WAITING
+            and t.lane is None
+            and (t.record.received or 0.0) < horizon
+            for t in p.live.values()
+        )
+
+    def _take_waiting(self, tenant: str, lane: Lane[Task]) -> list[Task]:
+        """Take every waiting task of ``tenant`` out of its lane, key gate or retry timer.
+
+        Tasks waiting behind a key are removed from the gates first, so that releasing
+        the keys the others held cannot hand a key to a task that is leaving too.
+        """
+        p = self.pipeline
+        queued = lane.queue.take_tenant(tenant)
+        retrying = [
+            t
+            for t in p.live.values()
+            if t.record.tenant == tenant and t.retry_handle is not None and not t.cancelled
+        ]
+        behind_keys = [
+            t
+            for t in p.live.values()
+            if t.record.tenant == tenant
+            and t.record.state in _WAITING
+            and t.retry_handle is None
+            and t.lane is None
+            and p.gates.remove(t.gate, t)
+        ]
+        for task in retrying:
+            assert task.retry_handle is not None
+            task.retry_handle.cancel()
+            task.retry_handle = None
+        for task in [*queued, *retrying]:
+            following = p.gates.release(task.gate)
+            if following is not None:
+                p._enqueue(following)
+        return [*queued, *retrying, *behind_keys]
+
+    def reclaim(self, now: float) -> None:
+        p = self.pipeline
+        for tenant, lane in list(p.lanes.items()):
+            idle = not lane.busy and not p.tenant_live[tenant] and not p.parking.counts[tenant]
+            if not idle:
+                lane.idle_since = None
+                continue
+            if lane.idle_since is None:
+                lane.idle_since = now
+            elif now - lane.idle_since >= p.thresholds.idle_reclaim:
+                del p.lanes[tenant]
+                p.detector.forget(tenant)
+                p._lane_gauges.pop(lane.name, None)
+                p.res.metrics.inflight.remove(p.name, lane.name)
+                p.res.metrics.concurrency_limit.remove(p.name, lane.name)
+                p.m_isolated.set(len(p.lanes))
+                p.res.metrics.isolation_moves.labels(p.name, "reclaimed").inc()
+                log.warning(
+                    "pipeline %s: tenant %s reclaimed into the shared lane after %.0fs idle",
+                    p.name,
+                    tenant,
+                    now - lane.idle_since,
+                )
