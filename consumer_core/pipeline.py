@@ -588,7 +588,6 @@ class Pipeline:
             self.tenant_inflight[record.tenant] += 1
             self._move(task, TaskState.RUNNING)
         lane.inflight += 1
-        self._show_lane(lane)
         call = asyncio.create_task(self._invoke(lane, batch), name=f"{self.name}:invoke")
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
@@ -653,18 +652,18 @@ class Pipeline:
             self.res.metrics.window_changes.labels(self.name, lane.name, direction).inc()
             if lane is self.shared:
                 self._tell_source_window()
-        self._show_lane(lane)
 
     def _show_lane(self, lane: Lane[Task]) -> None:
-        gauges = self._lane_gauges.get(lane.name)
-        if gauges is None:
-            m = self.res.metrics
-            gauges = self._lane_gauges[lane.name] = (
-                m.inflight.labels(self.name, lane.name),
-                m.concurrency_limit.labels(self.name, lane.name),
-            )
-        gauges[0].set(lane.inflight)
-        gauges[1].set(lane.window.limit)
+        """Export a lane's gauges; they read the lane when scraped, so the hot path never
+        touches them."""
+        if lane.name in self._lane_gauges:
+            return
+        m = self.res.metrics
+        inflight = m.inflight.labels(self.name, lane.name)
+        limit = m.concurrency_limit.labels(self.name, lane.name)
+        inflight.set_function(lambda: lane.inflight)
+        limit.set_function(lambda: lane.window.limit)
+        self._lane_gauges[lane.name] = (inflight, limit)
 
     def _tell_source_window(self) -> None:
         if isinstance(self.source, FollowsWindow):
