@@ -35,7 +35,7 @@ import asyncpg  # type: ignore[import-untyped]
 from consumer_core.errors import StoreError
 from consumer_core.store.base import Parked, TaskQuery
 from consumer_core.store.writebehind import WriteBehind
-from consumer_core.tasks import TERMINAL, TaskRecord
+from consumer_core.tasks import TaskRecord
 
 __all__ = ["PostgresTaskStore", "parse_postgres_url"]
 
@@ -158,11 +158,7 @@ def _json_text(task_id: str, doc: dict[str, Any]) -> str:
 
 
 def _row(record: TaskRecord) -> Row:
-    doc = record.to_json()
-    if record.event is not None:
-        doc["event"] = record.event
-    # Only tasks delivered in a final state count as finished (dedup relies on it).
-    finished = record.delivered if record.state in TERMINAL else None
+    doc, finished = record.stored()
     return (
         record.id,
         record.pipeline,

@@ -47,7 +47,7 @@ from consumer_core.errors import ConfigError, ConfigProblem, StoreError
 from consumer_core.store.base import TaskQuery
 from consumer_core.store.redis_parking import RedisParking
 from consumer_core.store.writebehind import WriteBehind
-from consumer_core.tasks import TERMINAL, TaskRecord
+from consumer_core.tasks import TaskRecord
 
 __all__ = ["RedisTaskStore", "parse_redis_url"]
 
@@ -174,11 +174,7 @@ def _wanted(value: str | None) -> str:
 
 
 def _row(record: TaskRecord) -> Row:
-    doc = record.to_json()
-    if record.event is not None:
-        doc["event"] = record.event
-    # Only tasks delivered in a final state count as finished (dedup relies on it).
-    finished = record.delivered if record.state in TERMINAL else None
+    doc, finished = record.stored()
     return (
         record.id,
         record.pipeline,

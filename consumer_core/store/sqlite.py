@@ -22,7 +22,7 @@ from consumer_core import codec
 from consumer_core.errors import StoreError
 from consumer_core.store.base import Parked, TaskQuery
 from consumer_core.store.writebehind import WriteBehind
-from consumer_core.tasks import TERMINAL, TaskRecord
+from consumer_core.tasks import TaskRecord
 
 __all__ = ["SqliteDatabase", "SqliteDatabases", "SqliteTaskStore"]
 
@@ -178,11 +178,7 @@ _UPSERT = (
 
 
 def _row(record: TaskRecord) -> tuple[Any, ...]:
-    doc = record.to_json()
-    if record.event is not None:
-        doc["event"] = record.event
-    # Only tasks delivered in a final state count as finished (dedup relies on it).
-    finished = record.delivered if record.state in TERMINAL else None
+    doc, finished = record.stored()
     return (
         record.id,
         record.pipeline,
