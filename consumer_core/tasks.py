@@ -148,15 +148,6 @@ class TaskRecord:
             doc["event"] = self.event
         return doc, self.delivered if self.state in TERMINAL else None
 
-    def stored(self) -> tuple[dict[str, Any], float | None]:
-        """What a store keeps: the whole document (with the event of a failed task, for
-        re-drive) and when the task finished for good, ``None`` until it is final *and*
-        delivered (dedup and purge rely on that time)."""
-        doc = self.to_json()
-        if self.event is not None:
-            doc["event"] = self.event
-        return doc, self.delivered if self.state in TERMINAL else None
-
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
