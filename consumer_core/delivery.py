@@ -74,15 +74,33 @@ class ResultDelivery:
         return len(self._queue)
 
     async def run(self) -> None:
-        while not self._stopped:
-            if not self._queue:
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            count = min(MAX_BATCH, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(count)]
-            await self._deliver(batch)
-            await self._complete(batch)
+        """Two stages in step: while one batch's records are made durable and its
+        messages settled, the next batch is already being emitted. Each stage is FIFO,
+        so results reach the sinks, and messages are settled, in the order tasks finished."""
+        emitted: asyncio.Queue[list[Task]] = asyncio.Queue(maxsize=2)
+        settler = asyncio.create_task(self._settle_loop(emitted), name="deliver:settle")
+        try:
+            while not self._stopped:
+                if not self._queue:
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                count = min(MAX_BATCH, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(count)]
+                await self._deliver(batch)
+                await emitted.put(batch)
+            await emitted.join()
+        finally:
+            settler.cancel()
+            await asyncio.gather(settler, return_exceptions=True)
+
+    async def _settle_loop(self, emitted: asyncio.Queue[list[Task]]) -> None:
+        while True:
+            batch = await emitted.get()
+            try:
+                await self._complete(batch)
+            finally:
+                emitted.task_done()
 
     async def _deliver(self, batch: list[Task]) -> None:
         succeeded = [t.result for t in batch if t.record.state is TaskState.SUCCEEDED]
