@@ -30,6 +30,12 @@ _TRANSIENT_CODES = frozenset(
         KafkaError._TIMED_OUT,
         KafkaError._RESOLVE,
         KafkaError.REQUEST_TIMED_OUT,
+        # local states while the group coordinator is away (a broker restart)
+        KafkaError._WAIT_COORD,
+        KafkaError._TIMED_OUT_QUEUE,
+        KafkaError._PREV_IN_PROGRESS,
+        KafkaError._IN_PROGRESS,
+        KafkaError._MAX_POLL_EXCEEDED,
         KafkaError.NOT_COORDINATOR,
         KafkaError.COORDINATOR_NOT_AVAILABLE,
         KafkaError.COORDINATOR_LOAD_IN_PROGRESS,

@@ -190,3 +190,13 @@ def test_encode_without_partitionkey_has_no_key():
     key, value, _ = encode_event(event)
     assert key is None
     assert value == b""
+
+
+def test_waiting_for_the_coordinator_is_transient_not_fatal():
+    from confluent_kafka import KafkaError
+
+    from connectors.kafka.errors import translate
+    from consumer_core.errors import NotConnected
+
+    for code in (KafkaError._WAIT_COORD, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+        assert isinstance(translate(KafkaError(code), "committing offsets"), NotConnected)
