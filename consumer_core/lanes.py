@@ -104,7 +104,7 @@ class Lane(Generic[T]):
     lane may hold at most ``isolation.max_share`` of the pipeline's concurrency.
     """
 
-    __slots__ = ("cap", "idle_since", "inflight", "name", "queue", "spilled", "tenant", "window")
+    __slots__ = ("cap", "idle_since", "inflight", "name", "queue", "tenant", "window")
 
     def __init__(self, name: str, window: AimdWindow, *, tenant: str | None = None,
                  cap: int | None = None) -> None:  # fmt: skip
@@ -114,8 +114,6 @@ class Lane(Generic[T]):
         self.cap = cap
         self.inflight = 0
         self.queue: FairQueue[T] = FairQueue()
-        self.spilled = 0
-        """Tasks of this lane kept in the durable store rather than in memory."""
         self.idle_since: float | None = None
 
     def free(self, now: float) -> int:
@@ -126,4 +124,4 @@ class Lane(Generic[T]):
 
     @property
     def busy(self) -> bool:
-        return bool(self.inflight or len(self.queue) or self.spilled)
+        return bool(self.inflight or len(self.queue))
