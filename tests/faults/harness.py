@@ -21,74 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.faults.report import MEMORY_MARGIN_MB, Row
 from tests.support.bridge import BridgeProcess
 from tests.support.function_server import Call, FunctionServer, Reply
-
-MEMORY_MARGIN_MB = 50.0
-"""How far above its baseline the bridge's RSS may end after a scenario drained."""
-
-
-@dataclass
-class Row:
-    """One line of the fault table."""
-
-    scenario: str
-    broker: str
-    messages: int
-    lost: int
-    duplicates: int
-    bound: int
-    resume_s: float | None
-    recovery_s: float | None
-    rss_base_mb: float
-    rss_end_mb: float
-    failures: int = 0
-    note: str = ""
-
-    HEADER = (
-        "scenario",
-        "broker",
-        "messages",
-        "lost",
-        "duplicates",
-        "dup bound",
-        "failed (reason)",
-        "resume s",
-        "recovery s",
-        "RSS base→end MB",
-    )
-
-    def cells(self) -> tuple[str, ...]:
-        def seconds(value: float | None) -> str:
-            return "-" if value is None else f"{value:.1f}"
-
-        return (
-            self.scenario,
-            self.broker,
-            str(self.messages),
-            str(self.lost),
-            str(self.duplicates),
-            str(self.bound),
-            str(self.failures),
-            seconds(self.resume_s),
-            seconds(self.recovery_s),
-            f"{self.rss_base_mb:.0f}→{self.rss_end_mb:.0f}",
-        )
-
-
-def render(rows: Sequence[Row]) -> str:
-    """The rows as a Markdown table (also readable in a terminal)."""
-    lines = [Row.HEADER, *(row.cells() for row in rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(Row.HEADER))]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    out = [fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [fmt(line) for line in lines[1:]]
-    notes = [f"- {row.scenario}: {row.note}" for row in rows if row.note]
-    return "\n".join(out + (["", *notes] if notes else []))
-
 
 # --------------------------------------------------------------------------- results
 
@@ -428,7 +363,7 @@ async def finish(
     bound: int,
     rss_base: float,
     report: list[Row],
-    note: str = "",
+    note: str | Callable[[], str] = "",
     timeout: float = 120.0,
 ) -> Row:
     """The common end of a scenario: wait until every accepted message has a result and
@@ -437,26 +372,31 @@ async def finish(
 
     ``resume_s``: from ``fault_end`` to the first result after it. ``recovery_s``: from
     ``fault_end`` until every message accepted before it had its result (the backlog
-    the fault left was cleared)."""
+    the fault left was cleared). ``note`` may be a callable, read once all is settled."""
     ids = await feeder.join()
-    await wait_for(
-        lambda: results.has_all(ids),
-        timeout=timeout,
-        what=f"a result for each of {len(ids)} messages",
-        bridge=bridge,
-        pipeline=name,
-        collector=collector,
-    )
-    await wait_for(
-        lambda: pipeline_status(bridge, name)["tasks"] == 0,
-        timeout=30,
-        what="the pipeline to drain",
-    )
-    rss_end = bridge_rss(bridge)
+    unsettled: AssertionError | None = None
+    try:
+        await wait_for(
+            lambda: results.has_all(ids),
+            timeout=timeout,
+            what=f"a result for each of {len(ids)} messages",
+            bridge=bridge,
+            pipeline=name,
+            collector=collector,
+        )
+        await wait_for(
+            lambda: pipeline_status(bridge, name)["tasks"] == 0,
+            timeout=30,
+            what="the pipeline to drain",
+        )
+    except AssertionError as exc:
+        unsettled = exc  # the row still goes into the table, with what was lost
+    running = bridge.proc is not None and bridge.proc.poll() is None
+    rss_end = bridge_rss(bridge) if running else float("nan")
     await asyncio.sleep(1.0)  # a straggling duplicate would land now
     if collector is not None:
         await collector.stop()
-    code = await asyncio.to_thread(bridge.terminate)
+    code = await asyncio.to_thread(bridge.terminate) if running else bridge.proc.returncode  # type: ignore[union-attr]
     row = Row(
         scenario=scenario,
         broker=broker,
@@ -469,9 +409,15 @@ async def finish(
         rss_base_mb=rss_base,
         rss_end_mb=rss_end,
         failures=len(results.kinds),
-        note=note,
+        note=note() if callable(note) else note,
     )
     report.append(row)
+    if unsettled is not None:
+        missing = results.missing(ids)
+        raise AssertionError(
+            f"{scenario}: {len(missing)} of {len(ids)} accepted messages have no result "
+            f"(first: {missing[:3]})"
+        ) from unsettled
     assert_settled(row, results, ids)
     assert code == 0, f"bridge exited with {code} on SIGTERM:\n{bridge.log()[-3000:]}"
     return row

@@ -109,7 +109,7 @@ class KafkaFeed:
         return sorted(stored - set(known))
 
     def feeder(self, *, total: int, rate: float) -> Feeder:
-        feeder = Feeder(self.send, total=total, rate=rate, batch=10)
+        feeder = Feeder(self.send, total=total, rate=rate, batch=25)
         feeder.finish = lambda: self.finish(feeder.ids())
         return feeder
 
@@ -180,7 +180,8 @@ def collect_results(tansu: Tansu, topics: dict[str, int], results: Results) -> C
         for message in consumer.consume(1000, 0.2):
             if message.error() is not None:
                 continue
-            headers = {k: v.decode() for k, v in message.headers() or [] if v is not None}
+            raw: list[tuple[str, bytes | None]] = message.headers() or []  # type: ignore[assignment]
+            headers = {k: v.decode() for k, v in raw if v is not None}
             subject = headers.get("ce_subject", "")
             event_type = headers.get("ce_type", "")
             data = None

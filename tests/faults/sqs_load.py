@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from tests.faults.conftest import Moto
@@ -21,31 +22,45 @@ def create_queue(moto: Moto, prefix: str) -> str:
     return str(answer["QueueUrl"])
 
 
-class SqsFeed:
-    """SendMessageBatch, ten at a time, with a client of the feeder thread's own."""
+def plain(n: int) -> str:
+    return json.dumps({"i": n, "key": f"k{n % 50}"})
 
-    def __init__(self, moto: Moto, queue_url: str) -> None:
+
+class SqsFeed:
+    """SendMessageBatch, ten at a time (one at a time for large bodies: a call takes at
+    most 256 KiB), with a client of the feeder thread's own."""
+
+    def __init__(self, moto: Moto, queue_url: str, body: Callable[[int], str] = plain) -> None:
         self.moto = moto
         self.queue_url = queue_url
+        self.body = body
         self._sqs: Any = None
 
     def send(self, start: int, count: int) -> list[str]:
         if self._sqs is None:
             self._sqs = self.moto.client("sqs")
-        accepted: list[str] = []
-        for first in range(start, start + count, 10):
-            numbers = range(first, min(first + 10, start + count))
-            answer = self._sqs.send_message_batch(
-                QueueUrl=self.queue_url,
-                Entries=[
-                    {"Id": str(n), "MessageBody": json.dumps({"i": n, "key": f"k{n % 50}"})}
-                    for n in numbers
-                ],
-            )
-            assert not answer.get("Failed"), answer["Failed"]
-            by_number = {int(s["Id"]): str(s["MessageId"]) for s in answer["Successful"]}
-            accepted.extend(by_number[n] for n in numbers)
-        return accepted
+        ids: dict[int, str] = {}
+        batch: list[tuple[int, str]] = []
+        for n in range(start, start + count):
+            body = self.body(n)
+            if len(body) > 20_000:
+                ids.update(self._send([(n, body)]))
+            else:
+                batch.append((n, body))
+            if len(batch) == 10:
+                ids.update(self._send(batch))
+                batch = []
+        if batch:
+            ids.update(self._send(batch))
+        return [ids[n] for n in range(start, start + count)]  # in message order
+
+    def _send(self, entries: list[tuple[int, str]]) -> dict[int, str]:
+        answer = self._sqs.send_message_batch(
+            QueueUrl=self.queue_url,
+            Entries=[{"Id": str(n), "MessageBody": body} for n, body in entries],
+        )
+        assert not answer.get("Failed"), answer["Failed"]
+        return {int(s["Id"]): str(s["MessageId"]) for s in answer["Successful"]}
 
     def feeder(self, *, total: int, rate: float) -> Feeder:
         return Feeder(self.send, total=total, rate=rate, batch=10)
@@ -89,8 +104,10 @@ def sqs_bridge_config(
     on_failure: dict[str, Any],
     retry: dict[str, Any],
     concurrency: dict[str, int],
+    schema: str | None = None,
 ) -> str:
     """A pipeline file (JSON is YAML) with one SQS pipeline; ``{port}`` is the admin port."""
+    extra = {"schema": schema} if schema else {}
     document = {
         "version": 1,
         "server": {"listen": "127.0.0.1:PORT"},
@@ -111,6 +128,7 @@ def sqs_bridge_config(
                 "retry": retry,
                 "on_success": [on_success],
                 "on_failure": [on_failure],
+                **extra,
             }
         ],
     }

@@ -1,5 +1,5 @@
-"""Kafka (tansu on durable S3 storage): the bridge SIGKILLed five times; the broker
-SIGKILLed and started again on the same storage.
+"""Kafka (tansu): the bridge SIGKILLed five times (in-memory broker); the broker
+SIGKILLed and started again on the same durable (S3) storage.
 
 Each scenario keeps a producer running at a steady rate for its whole length, so
 messages keep arriving through the faults, and reads the result topics as they fill.
@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.faults.conftest import DurableTansu
+from tests.faults.conftest import OwnTansu
 from tests.faults.harness import (
     Results,
-    Row,
     Webhook,
     bridge_rss,
     finish,
@@ -32,6 +31,7 @@ from tests.faults.harness import (
     wait_for,
 )
 from tests.faults.kafka_load import KafkaFeed, bridge_config, collect_results, kafka_sink
+from tests.faults.report import Row
 from tests.integration.kafka.tansu import TEST_CONSUMER_SETTINGS
 from tests.support.bridge import BridgeProcess
 from tests.support.function_server import Call, FunctionServer, Reply
@@ -72,11 +72,11 @@ class KafkaRun:
 
 
 async def kafka_pipeline(
-    tansu: DurableTansu,
+    tansu: OwnTansu,
     function_server: Callable[..., FunctionServer],
     bridge_process: Callable[..., BridgeProcess],
     name: str,
-    on_success: Callable[[DurableTansu], str],
+    on_success: Callable[[OwnTansu], str],
 ) -> KafkaRun:
     """Topics, a function server and a started bridge whose failures go to a topic."""
     topic = await asyncio.to_thread(tansu.create_topic, tansu.unique(name), PARTITIONS)
@@ -109,7 +109,7 @@ def end_offsets(ids: list[str]) -> dict[int, int]:
     return ends
 
 
-async def committed_up_to(tansu: DurableTansu, run: KafkaRun, want: dict[int, int]) -> None:
+async def committed_up_to(tansu: OwnTansu, run: KafkaRun, want: dict[int, int]) -> None:
     """Wait until the group's commits reached ``want`` (no commit left in flight)."""
     deadline = time.monotonic() + 30
     while (
@@ -126,7 +126,7 @@ def repeated_calls(fn: FunctionServer) -> int:
 
 @pytest.mark.timeout(180)
 async def test_kill_9_five_times_loses_nothing(
-    durable_tansu: DurableTansu,
+    memory_tansu: OwnTansu,
     function_server: Callable[..., FunctionServer],
     bridge_process: Callable[..., BridgeProcess],
     fault_report: list[Row],
@@ -136,17 +136,17 @@ async def test_kill_9_five_times_loses_nothing(
     rng = random.Random(SEED)
     total, rate, name = 5000, 125.0, "kill9"
     ok = await asyncio.to_thread(
-        durable_tansu.create_topic, durable_tansu.unique(f"{name}-ok"), PARTITIONS
+        memory_tansu.create_topic, memory_tansu.unique(f"{name}-ok"), PARTITIONS
     )
     run = await kafka_pipeline(
-        durable_tansu, function_server, bridge_process, name, lambda t: kafka_sink(t, ok)
+        memory_tansu, function_server, bridge_process, name, lambda t: kafka_sink(t, ok)
     )
     bridge = run.bridge
     rss_base = bridge_rss(bridge)
     results = Results()
     topics = {ok: PARTITIONS, run.failures_topic: 1}
-    collector = collect_results(durable_tansu, topics, results).start()
-    feed = KafkaFeed(durable_tansu, run.topic, PARTITIONS)
+    collector = collect_results(memory_tansu, topics, results).start()
+    feed = KafkaFeed(memory_tansu, run.topic, PARTITIONS)
     feeder = feed.feeder(total=total, rate=rate).start()
 
     bound = 0
@@ -181,7 +181,7 @@ async def test_kill_9_five_times_loses_nothing(
         bound=bound,
         rss_base=rss_base,
         report=fault_report,
-        note=(
+        note=lambda: (
             f"seed {SEED}; bound = tasks in the bridge's hands at the 5 kills; restart to "
             f"first result {max(results.first_after(t) or 0.0 for t in restarts):.1f}s "
             f"at worst; {repeated_calls(run.fn)} invocations repeated"
@@ -193,7 +193,7 @@ async def test_kill_9_five_times_loses_nothing(
 
 @pytest.mark.timeout(180)
 async def test_broker_killed_and_restarted_loses_nothing(
-    durable_tansu: DurableTansu,
+    durable_tansu: OwnTansu,
     function_server: Callable[..., FunctionServer],
     bridge_process: Callable[..., BridgeProcess],
     fault_report: list[Row],
@@ -269,7 +269,7 @@ async def test_broker_killed_and_restarted_loses_nothing(
         bound=bound,
         rss_base=rss_base,
         report=fault_report,
-        note=(
+        note=lambda: (
             f"seed {SEED}; tansu on S3 (moto) storage; bound = tasks in the bridge's hands "
             f"at the kill; {repeated_calls(run.fn)} invocations repeated; "
             f"{feed.misreported} acks without their record's offset"

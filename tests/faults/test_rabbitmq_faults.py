@@ -12,7 +12,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.faults.harness import Results, Row, bridge_rss, finish, in_memory, wait_for
+from tests.faults.harness import Results, bridge_rss, finish, in_memory, wait_for
 from tests.faults.rabbitmq_load import (
     DEAD,
     KEYS,
@@ -22,6 +22,7 @@ from tests.faults.rabbitmq_load import (
     plain,
     prepare,
 )
+from tests.faults.report import Row
 from tests.integration.rabbitmq.conftest import Broker
 from tests.support.bridge import BridgeProcess
 from tests.support.function_server import Call, FunctionServer, Reply
@@ -121,7 +122,7 @@ async def test_poison_messages_fail_with_their_reason_and_never_block(
         bound=0,
         rss_base=rss_base,
         report=fault_report,
-        note=(
+        note=lambda: (
             f"{len(poison)} poison of 4 kinds; longest accept-to-result "
             f"{feeder.latency(results, ids):.2f}s"
         ),

@@ -4,18 +4,19 @@ refusing (503) for a while."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.faults.conftest import Moto
 from tests.faults.harness import (
     Results,
-    Row,
     Webhook,
     bridge_rss,
     finish,
@@ -23,10 +24,12 @@ from tests.faults.harness import (
     in_memory,
     wait_for,
 )
+from tests.faults.report import Row
 from tests.faults.sqs_load import (
     SqsFeed,
     collect_results,
     create_queue,
+    plain,
     sqs_bridge_config,
     sqs_sink,
 )
@@ -117,7 +120,7 @@ async def test_function_down_then_back_every_message_succeeds(
         bound=bound,
         rss_base=rss_base,
         report=fault_report,
-        note=f"bound = tasks in the bridge's hands when the function died; {_attempts(fn)}",
+        note=lambda: f"bound = tasks held when the function died; {_attempts(fn)}",
     )
     assert not calls_during_outage
     assert not results.kinds, f"unexpected failures: {list(results.kinds.items())[:5]}"
@@ -191,7 +194,98 @@ async def test_webhook_refusing_then_accepting_gets_every_result_once(
         bound=bound,
         rss_base=rss_base,
         report=fault_report,
-        note=f"{webhook.refused} POSTs refused; bound = tasks held when the webhook came back",
+        note=lambda: f"{webhook.refused} POSTs refused; bound = tasks held when it came back",
     )
     assert webhook.refused > 0, "the webhook was never asked while refusing"
     assert not results.kinds, f"unexpected failures: {list(results.kinds.items())[:5]}"
+
+
+SCHEMA = {
+    "type": "object",
+    "required": ["i"],
+    "properties": {"i": {"type": "integer"}, "blob": {"type": "string", "maxLength": 1024}},
+}
+NEAR_LIMIT = 200 * 1024
+"""Poison this large is a legal SQS message (at most 256 KiB)."""
+
+
+def large_poison(n: int) -> str | None:
+    """Every hundredth message (1%) is poison of about 200 KiB, two kinds in turn."""
+    return ("oversized_json", "oversized_text")[(n // 100) % 2] if n % 100 == 37 else None
+
+
+def large_poison_body(n: int) -> str:
+    kind = large_poison(n)
+    if kind == "oversized_json":  # JSON, but over the schema's limit
+        return json.dumps({"i": n, "blob": "x" * NEAR_LIMIT})
+    if kind == "oversized_text":  # not JSON at all
+        return "not json; " * (NEAR_LIMIT // 10)
+    return plain(n)
+
+
+@pytest.mark.timeout(120)
+async def test_large_poison_reaches_on_failure_with_its_reason(
+    moto: Moto,
+    function_server: Callable[..., FunctionServer],
+    bridge_process: Callable[..., BridgeProcess],
+    tmp_path: Path,
+    fault_report: list[Row],
+) -> None:
+    """1% poison of about 200 KiB (legal on SQS) against a schema: each fails as
+    ``schema_violation`` and its failure event, which carries the original message,
+    reaches the SQS ``on_failure`` queue; the queue has no redrive policy, so that event
+    is the only trace of the message."""
+    total, rate, name = 400, 100.0, "bigpoison"
+    queue = await asyncio.to_thread(create_queue, moto, "bigpoison")
+    failed = await asyncio.to_thread(create_queue, moto, "bigpoison-failed")
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
+    results = Results()
+    fn = await function_server(work).start()
+    hook = await function_server(Webhook(results)).start()
+    bridge = bridge_process(
+        sqs_bridge_config(
+            moto,
+            name=name,
+            queue_url=queue,
+            function_url=fn.url,
+            on_success=Webhook.sink(hook),
+            on_failure=sqs_sink(moto, failed),
+            retry={"max_attempts": 5, "initial_backoff": "100ms", "max_backoff": "1s"},
+            concurrency={"initial": 16, "min": 1, "max": 64},
+            schema="schema.json",
+        ),
+        env=moto.env,
+    )
+    await asyncio.to_thread(bridge.start)
+    rss_base = bridge_rss(bridge)
+    collector = collect_results(moto, [failed], results).start()
+    feeder = SqsFeed(moto, queue, large_poison_body).feeder(total=total, rate=rate).start()
+    await feeder.join()
+    fed = time.monotonic()
+    poison = {
+        event_id: kind
+        for n, event_id in enumerate(feeder.ids())
+        if (kind := large_poison(n)) is not None
+    }
+    assert len(poison) == total // 100
+    await finish(
+        scenario="1% poison of 200 KiB",
+        broker="sqs",
+        name=name,
+        bridge=bridge,
+        feeder=feeder,
+        results=results,
+        collector=collector,
+        fault_end=fed,
+        bound=0,
+        rss_base=rss_base,
+        report=fault_report,
+        note=f"{len(poison)} poison; on_failure is an SQS queue (256 KiB per message)",
+        timeout=15,
+    )
+    assert results.kinds == dict.fromkeys(poison, "schema_violation")
+    for event_id in poison:
+        reason = str(results.errors[event_id]["message"])
+        assert "schema" in reason or "JSON" in reason, reason[:300]
+        assert len(reason) < 2000, f"the reason echoes the payload ({len(reason)} characters)"
+    assert not set(poison) & {c.event_id for c in fn.calls}, "the function saw poison"
