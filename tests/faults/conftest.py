@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import pytest
 from tests.faults.report import Row, render
 from tests.integration.kafka.tansu import Tansu, tansu_binary
 from tests.integration.rabbitmq.conftest import Broker, rabbitmqctl
+from tests.support.moto import running_moto
 from tests.support.net import free_port, wait_for_port
 
 REGION = "us-east-1"
@@ -101,25 +101,8 @@ class Moto:
 
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **CREDENTIALS},
-        )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=60)
-        yield Moto(f"http://127.0.0.1:{port}", process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    with running_moto(tmp_path_factory.mktemp("moto"), CREDENTIALS) as (url, process):
+        yield Moto(url, process)
 
 
 # --------------------------------------------------------------------------- tansu
