@@ -286,6 +286,7 @@ async def run_scenario(
     rate: float = 20.0,
     outage: float = 8.0,
     work: Path,
+    dump: Path | None = None,
 ) -> Outcome:
     harness = Harness()
     await harness.start()
@@ -338,6 +339,13 @@ async def run_scenario(
         outcome = _outcome(
             scenario, isolation, feed, harness, started=started, produced_until=produced_until
         )
+        if dump is not None:
+            with dump.open("a") as out:
+                for m, sent in feed.sent.items():
+                    done = harness.results.get(m)
+                    latency = "" if done is None else f"{(done - sent) * 1000:.1f}"
+                    tenant = feed.tenant_of[m]
+                    out.write(f"{scenario},{isolation},{tenant},{sent - started:.3f},{latency}\n")
         if len(offsets) >= 2:
             first, last = offsets[0], offsets[-1]
             outcome.commits_advanced = all(b > a for a, b in zip(first, last, strict=True))
@@ -348,6 +356,8 @@ async def run_scenario(
             outcome.notes.append(
                 "A was isolated" if "tenant A isolated" in log else "A never isolated"
             )
+            if "tenant A spills by reference" in log:
+                outcome.notes.append("A spilled by reference")
         return outcome
     finally:
         stop(bridge)
@@ -385,7 +395,7 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         modes = {"isolated": [True], "shared": [False]}.get(args.only, [True, False])
         for isolation in modes:
-            for scenario in ("baseline", "failing", "slow", "flood"):
+            for scenario in args.scenarios:
                 folder = work / f"{scenario}-{isolation}"
                 folder.mkdir()
                 outcome = await run_scenario(
@@ -396,6 +406,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     rate=args.rate,
                     outage=args.outage,
                     work=folder,
+                    dump=args.dump,
                 )
                 outcomes.append(outcome)
                 print(f"{scenario} isolation={isolation}: {outcome}", flush=True)
@@ -411,6 +422,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="msgs/s per tenant")
     parser.add_argument("--outage", type=float, default=8.0, help="seconds A misbehaves")
     parser.add_argument("--only", choices=("isolated", "shared"))
+    parser.add_argument(
+        "--dump",
+        type=Path,
+        help="append every message's scenario, isolation, tenant, send time (s from the "
+        "start) and latency (ms; empty if lost) to this CSV file",
+    )
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=("baseline", "failing", "slow", "flood"),
+        default=["baseline", "failing", "slow", "flood"],
+        help="which scenarios to run (default: all)",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -29,7 +29,9 @@ __all__ = [
     "FollowsWindow",
     "Intake",
     "Pausable",
+    "RawTenant",
     "ReportsLag",
+    "Rereads",
     "Resources",
     "Sink",
     "Source",
@@ -67,8 +69,10 @@ class Delivery:
         "partition",
         "raw",
         "received_at",
+        "reference",
         "revoked",
         "settled",
+        "tenant",
     )
 
     def __init__(
@@ -96,6 +100,11 @@ class Delivery:
         self.revoked = False
         """Set by the connector when the message is no longer ours (a Kafka partition
         was revoked): the core drops its task without invoking or settling it."""
+        self.reference: str | None = None
+        """Set (with ``tenant``) on a message the source did not decode because its
+        tenant spills by reference (see ``Rereads``): ``event`` is ``None`` and the
+        source reads the message again, by this reference, when its turn comes."""
+        self.tenant: str | None = None
 
     async def ack(self) -> None:
         if self.settled is None:
@@ -174,6 +183,36 @@ class FollowsWindow(Protocol):
     """
 
     def window_changed(self, messages: int) -> None: ...
+
+
+RawTenant = Callable[
+    [str | bytes | None, Sequence[tuple[str, str | bytes | None]] | None], str | None
+]
+"""A message's tenant from its raw key and headers, or ``None`` when that cannot be
+told without decoding the message."""
+
+
+@runtime_checkable
+class Rereads(Protocol):
+    """A source that can read a message again later (Kafka: by topic, partition and
+    offset), so that a spilling tenant's backlog stays in the source instead of being
+    copied into the store (``isolation.spill_by_reference``).
+
+    ``spill_by_reference(tenants, tenant_of)`` is called once, before the first
+    ``receive``. From then on, a message whose ``tenant_of(key, headers)`` is in
+    ``tenants`` (a set the core keeps changing) is handed over undecoded: a delivery
+    with ``reference`` and ``tenant`` set and no event. Acking it means its reference is
+    safely stored, so a commit may pass it.
+
+    ``reread(references)`` returns, by reference, the messages still in the source,
+    decoded, as deliveries that are never settled. A reference it leaves out is gone
+    for good (retention or compaction removed the message). It raises
+    ``ConnectorError`` when it cannot tell now (the core tries again later).
+    """
+
+    def spill_by_reference(self, tenants: Set[str], tenant_of: RawTenant) -> None: ...
+
+    async def reread(self, references: Sequence[str]) -> Mapping[str, Delivery]: ...
 
 
 class Target(Protocol):

@@ -30,6 +30,7 @@ class Thresholds:
     backlog_share: float = 0.5
     max_share: float = 0.25
     spill_after: int = 1000
+    spill_by_reference: bool = True
     idle_reclaim: float = 300.0
 
     @classmethod

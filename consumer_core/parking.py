@@ -7,6 +7,14 @@ back a partition's commits. While a tenant is spilling, its new arrivals go stra
 the store too, so its tasks stay in arrival order. Re-driven tasks are parked the same
 way. ``refill`` loads parked tasks back, a bounded number per tenant at a time, in
 ``seq`` order; a parked task's row is deleted once its result was delivered.
+
+Spilling by reference: where the source can read a message again (``Rereads``: Kafka),
+a spilling tenant's new arrivals are not even decoded. The source hands them over as
+references; consecutive ones of a tenant and partition share one row (``task_id``
+``ref:<first reference>``, the offsets in ``record``), so a flood of a million messages
+costs a few thousand small rows, not a million copies.
+When such a row's turn comes, the source reads the message again; one it no longer has
+(retention removed it) fails as ``expired``.
 """
 
 from __future__ import annotations
@@ -18,33 +26,48 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from consumer_core.contracts import Delivery
-from consumer_core.events import attributes_json, from_stored
+from consumer_core.codec import dumps, loads
+from consumer_core.contracts import Delivery, Rereads
+from consumer_core.errors import ConnectorError
+from consumer_core.events import attributes_json, from_stored, wrap
+from consumer_core.outcome import ErrorKind
 from consumer_core.store.base import Parked
-from consumer_core.tasks import TaskRecord, TaskState
+from consumer_core.tasks import TaskRecord, TaskState, task_id
 
 if TYPE_CHECKING:
     from consumer_core.pipeline import Pipeline, Task
 
-__all__ = ["LEASE", "Parking"]
+__all__ = ["LEASE", "REFERENCE", "Parking"]
 
 log = logging.getLogger(__name__)
 
 LEASE = 30.0
 """Seconds an instance's parked rows stay its own without a renewal."""
+REFERENCE = "ref:"
+"""How the ``task_id`` of a row that holds source references, not a message, starts."""
+RUN = 256
+"""Most references one row holds (consecutive arrivals of one tenant and partition)."""
 
 
 class ParkedDelivery(Delivery):
-    """A task loaded back from the store: ack deletes its row."""
+    """A task loaded back from the store: ack deletes its row (a row of references once
+    every message it names was acked: ``left`` counts them down)."""
 
-    __slots__ = ("parking", "seq")
+    __slots__ = ("left", "parking", "seq")
 
-    def __init__(self, parking: Parking, seq: int, **kwargs: Any) -> None:
+    def __init__(
+        self, parking: Parking, seq: int, left: list[int] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.parking = parking
         self.seq = seq
+        self.left = left
 
     async def _ack(self) -> None:
+        if self.left is not None:
+            self.left[0] -= 1
+            if self.left[0] > 0:
+                return
         await self.parking.unpark(self.seq, self.attributes.get("tenant", ""))
 
     async def _nack(self, delay: float | None) -> None:
@@ -65,6 +88,17 @@ class Parking:
         self.parking_ids: set[str] = set()
         """Tasks being written to the store right now (still live until written)."""
         self._parked_total = pipeline.res.metrics.parked.labels(pipeline.name)
+        source = pipeline.source
+        self.rereads: Rereads | None = (
+            source
+            if isinstance(source, Rereads)
+            and pipeline.isolation
+            and pipeline.thresholds.spill_by_reference
+            else None
+        )
+        """The source, when spilling tenants' arrivals are parked as references."""
+        self.by_reference: set[str] = set()
+        """Spilling tenants whose arrivals were parked as references."""
 
     async def start(self) -> None:
         now = time.time()
@@ -106,32 +140,64 @@ class Parking:
 
     async def park(self, tasks: Sequence[Task]) -> None:
         """Move ``tasks`` (none of them running) to the store, then settle their messages."""
-        if not tasks:
-            return
         # Arrival order: a task loaded back from the store keeps its original receipt
         # time, so parking it again keeps it ahead of later arrivals of its key.
-        ordered = sorted(tasks, key=lambda t: (t.record.received or 0.0, t.seq))
+        await self.park_arrivals(sorted(tasks, key=_arrival))  # type: ignore[arg-type]
+
+    async def park_arrivals(self, items: Sequence[Task | Delivery]) -> None:
+        """Park ``items`` in this order: tasks, and deliveries the source handed over as
+        references (``Delivery.reference``). Then settle their messages."""
+        if not items:
+            return
         # What to settle is fixed now: while the rows are written, ``refill`` may read
         # them back and must not hand them to these (still live) tasks.
-        settle = [(task, list(task.deliveries)) for task in ordered]
-        for task in ordered:
-            self.parking_ids.add(task.record.id)
-            self.counts[task.record.tenant] += 1  # counted before the write: see refill
+        entries = _runs(items)
+        for entry in entries:
+            if isinstance(entry, _Run) and entry.tenant not in self.by_reference:
+                self.spilling.add(entry.tenant)  # it may have stopped since the source looked
+                self.by_reference.add(entry.tenant)
+                log.info(
+                    "pipeline %s: tenant %s spills by reference: its new messages stay in "
+                    "the source until its lane has room",
+                    self.pipeline.name,
+                    entry.tenant,
+                )
+        rows: list[Parked] = []
+        settle: list[tuple[Task | None, list[Delivery]]] = []
+        for entry in entries:
+            if isinstance(entry, _Run):
+                rows.append(self._reference_row(entry))
+                settle.append((None, entry.deliveries))
+            else:
+                rows.append(self._row(entry))
+                settle.append((entry, list(entry.deliveries)))
+        for row in rows:
+            self.parking_ids.add(row.task_id)
+            self.counts[row.tenant] += 1  # counted before the write: see refill
         try:
-            await self.store.park(
-                [self._row(t) for t in ordered], owner=self.owner, lease_until=time.time() + LEASE
-            )
+            await self.store.park(rows, owner=self.owner, lease_until=time.time() + LEASE)
         except BaseException:
-            for task in ordered:
-                self.parking_ids.discard(task.record.id)
-                self.counts[task.record.tenant] -= 1
+            for row in rows:
+                self.parking_ids.discard(row.task_id)
+                self.counts[row.tenant] -= 1
             raise
-        for task, deliveries in settle:
+        for row, (task, deliveries) in zip(rows, settle, strict=True):
             for delivery in deliveries:
                 await delivery.ack()
-            self.pipeline.forget(task)
-            self.parking_ids.discard(task.record.id)
-        self._parked_total.inc(len(ordered))
+            if task is not None:
+                self.pipeline.forget(task)
+            self.parking_ids.discard(row.task_id)
+        self._parked_total.inc(sum(len(d) if t is None else 1 for t, d in settle))
+
+    def _reference_row(self, run: _Run) -> Parked:
+        received = run.deliveries[0].received_at
+        return Parked(
+            pipeline=self.pipeline.name,
+            tenant=run.tenant,
+            task_id=f"{REFERENCE}{run.prefix}/{run.offsets[0]}",
+            attributes="",
+            record=dumps({"received": received, "offsets": run.offsets}).decode(),
+        )
 
     async def redrive(self, records: Sequence[TaskRecord]) -> int:
         """Park failed tasks to run again with a fresh attempt budget."""
@@ -195,6 +261,13 @@ class Parking:
             )
             if not rows:
                 continue
+            # A row of references holds up to RUN tasks: load no more rows than needed.
+            wanted, size = target - in_memory, 0
+            for count, row in enumerate(rows, 1):
+                size += _size(row)
+                if size >= wanted:
+                    rows = rows[:count]
+                    break
             loaded = await self._load(rows)
             if loaded:
                 self._cursor[tenant] = loaded
@@ -203,20 +276,26 @@ class Parking:
                 pipeline.tenant_live[tenant] < pipeline.thresholds.spill_after // 2
             ):
                 self.spilling.discard(tenant)
+                self.by_reference.discard(tenant)
                 log.info("pipeline %s: tenant %s no longer spills", pipeline.name, tenant)
 
     async def _load(self, rows: Sequence[Parked]) -> int:
         """Take rows back into the pipeline, in order; return the last ``seq`` taken (0 if
-        none). Stops at a row whose task is still being parked: it is read again later."""
+        none). Stops at a row whose task is still being parked (it is read again later)
+        and at a reference the source cannot read back now."""
         pipeline = self.pipeline
         last = 0
         finished = await self.store.finished([r.task_id for r in rows], since=0.0)
+        rows, reread = await self._reread(rows)
         for row in rows:
             if row.task_id in self.parking_ids:
                 break
             last = row.seq
             if row.task_id in finished:
                 await self.unpark(row.seq, row.tenant)
+                continue
+            if row.task_id.startswith(REFERENCE):
+                await self._load_references(row, reread)
                 continue
             record = TaskRecord.from_json(json.loads(row.record))
             event = from_stored(row.attributes, row.data)
@@ -239,6 +318,146 @@ class Parking:
                 continue
             pipeline.admit_parked(record, event, delivery, row.not_before)
         return last
+
+    async def _reread(
+        self, rows: Sequence[Parked]
+    ) -> tuple[Sequence[Parked], dict[str, tuple[Delivery, bool]]]:
+        """Read the messages of reference rows back from the source: the rows that can be
+        loaded now and, by reference, each message found and whether it already ran."""
+        references = [ref for row in rows for ref in _references(row)]
+        if not references:
+            return rows, {}
+        if self.rereads is None:
+            raise ConnectorError("parked references, but the source cannot read messages again")
+        try:
+            messages = await self.rereads.reread(references)
+        except ConnectorError as exc:
+            log.warning(
+                "pipeline %s: reading spilled messages back from the source: %s (will retry)",
+                self.pipeline.name,
+                exc,
+            )
+            first = next(i for i, r in enumerate(rows) if r.task_id.startswith(REFERENCE))
+            return rows[:first], {}
+        name = self.pipeline.name
+        ids = {ref: task_id(name, m.event_id) for ref, m in messages.items()}
+        done = await self.store.finished(list(ids.values()), since=0.0)
+        return rows, {ref: (m, ids[ref] in done) for ref, m in messages.items()}
+
+    async def _load_references(self, row: Parked, reread: dict[str, tuple[Delivery, bool]]) -> None:
+        received = float(loads(row.record).get("received") or time.time())
+        references = _references(row)
+        left = [len(references)]
+        for reference in references:
+            delivery = ParkedDelivery(
+                self,
+                row.seq,
+                left,
+                event_id=reference,
+                event=None,
+                attributes={"tenant": row.tenant, "bridge.parked.seq": row.seq},
+            )
+            delivery.received_at = received
+            found = reread.get(reference)
+            if found is None:
+                self._gone(row, reference, delivery)
+            else:
+                await self._admit_reread(delivery, *found)
+
+    def _gone(self, row: Parked, reference: str, delivery: ParkedDelivery) -> None:
+        """Fail the task of a spilled message its source no longer has."""
+        pipeline = self.pipeline
+        log.error(
+            "pipeline %s: spilled message %s of tenant %s is no longer in the source "
+            "(its retention or compaction removed it before its turn came)",
+            pipeline.name,
+            reference,
+            row.tenant,
+        )
+        event = wrap(b"", event_id=reference, source=f"/bridge/{pipeline.name}")
+        record = TaskRecord(
+            id=task_id(pipeline.name, reference),
+            pipeline=pipeline.name,
+            event_id=reference,
+            state=TaskState.PENDING,
+            tenant=row.tenant,
+            received=delivery.received_at,
+        )
+        task = pipeline._track(record, event, delivery)
+        reason = f"spilled message {reference} was removed from the source before it ran"
+        pipeline._fail(task, ErrorKind.EXPIRED, reason, None)
+
+    async def _admit_reread(
+        self, delivery: ParkedDelivery, message: Delivery, already_ran: bool
+    ) -> None:
+        pipeline = self.pipeline
+        delivery.event, delivery.event_id = message.event, message.event_id
+        delivery.raw, delivery.key, delivery.partition = message.raw, message.key, message.partition
+        delivery.headers = message.headers
+        delivery.attributes = {**message.attributes, **delivery.attributes}
+        delivery.decode_error = message.decode_error
+        tid = task_id(pipeline.name, message.event_id)
+        live = pipeline.live.get(tid)
+        if live is not None:
+            live.deliveries.append(delivery)
+        elif already_ran:
+            await delivery.ack()
+        else:
+            admitted = pipeline._admit(delivery, tid)
+            if admitted is not None and pipeline.gates.admit(admitted.gate, admitted):
+                pipeline._enqueue(admitted)
+
+
+def _references(row: Parked) -> list[str]:
+    """The source references a row holds (none for a row that holds its message)."""
+    if not row.task_id.startswith(REFERENCE):
+        return []
+    prefix = row.task_id[len(REFERENCE) :].rpartition("/")[0]
+    return [f"{prefix}/{offset}" for offset in loads(row.record)["offsets"]]
+
+
+def _size(row: Parked) -> int:
+    """How many tasks a row turns into."""
+    return len(loads(row.record)["offsets"]) if row.task_id.startswith(REFERENCE) else 1
+
+
+class _Run:
+    """Consecutive references of one tenant and partition, parked as one row."""
+
+    __slots__ = ("deliveries", "offsets", "prefix", "tenant")
+
+    def __init__(self, tenant: str, prefix: str) -> None:
+        self.tenant = tenant
+        self.prefix = prefix
+        self.offsets: list[int] = []
+        self.deliveries: list[Delivery] = []
+
+    def extends(self, tenant: str, prefix: str) -> bool:
+        return tenant == self.tenant and prefix == self.prefix and len(self.offsets) < RUN
+
+
+def _runs(items: Sequence[Task | Delivery]) -> list[Task | _Run]:
+    """``items`` in order, consecutive references of one tenant and partition grouped
+    (at most ``RUN`` to a group)."""
+    entries: list[Task | _Run] = []
+    for item in items:
+        if not isinstance(item, Delivery):
+            entries.append(item)
+            continue
+        assert item.reference is not None
+        assert item.tenant is not None
+        prefix, _, offset = item.reference.rpartition("/")
+        last = entries[-1] if entries else None
+        if not isinstance(last, _Run) or not last.extends(item.tenant, prefix):
+            last = _Run(item.tenant, prefix)
+            entries.append(last)
+        last.offsets.append(int(offset))
+        last.deliveries.append(item)
+    return entries
+
+
+def _arrival(task: Task) -> tuple[float, int]:
+    return (task.record.received or 0.0, task.seq)
 
 
 def _data(task: Task) -> bytes | None:

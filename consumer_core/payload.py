@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jsonschema
@@ -44,6 +44,19 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def _raw_header(headers: Sequence[tuple[str, str | bytes | None]], name: str) -> str | bytes | None:
+    """The last value of header ``name``, matched exactly, else ignoring case (as the
+    decoded headers keep a repeated header's last value)."""
+    exact = lowered = None
+    lower_name = name.lower()
+    for candidate, value in headers:
+        if candidate == name:
+            exact = value or b""
+        elif exact is None and candidate.lower() == lower_name:
+            lowered = value or b""
+    return exact if exact is not None else lowered
+
+
 class PayloadChecks:
     """Tenant extraction and payload schema validation for one pipeline."""
 
@@ -71,6 +84,34 @@ class PayloadChecks:
         if value is None or value == "":
             return DEFAULT_TENANT
         return str(value)
+
+    def raw_tenant(
+        self, key: str | bytes | None, headers: Sequence[tuple[str, str | bytes | None]] | None
+    ) -> str | None:
+        """The tenant ``tenant`` would find, from a message's raw key and headers, or
+        ``None`` when only the decoded message can tell (a JSON path, a tenant that is
+        not in a header, a key that is not UTF-8). Sources call it for every message
+        while some tenant spills by reference, so it must stay cheap."""
+        spec = self.tenant_spec
+        if spec is None:
+            return DEFAULT_TENANT
+        try:
+            if spec.source is TenantFrom.KEY:
+                if key is None:
+                    return None
+                return (key.decode("utf-8") if isinstance(key, bytes) else key) or DEFAULT_TENANT
+            if spec.source is not TenantFrom.HEADER or not spec.name or not headers:
+                return None
+            found = _raw_header(headers, spec.name)
+            if found is None:  # the CloudEvents attribute of that name (binary mode)
+                found = _raw_header(headers, "ce_" + spec.name.lower().replace("-", ""))
+            if found is None:
+                return None
+            if isinstance(found, bytes):
+                found = found.decode("utf-8", "replace")
+            return found or DEFAULT_TENANT
+        except UnicodeDecodeError:
+            return None
 
     def schema_problem(self, event: CloudEvent) -> str | None:
         """Why the payload fails the pipeline's schema, or ``None`` if it passes."""

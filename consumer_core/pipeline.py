@@ -213,6 +213,8 @@ class Pipeline:
         if start is not None:
             await start()
         await self.parking.start()
+        if self.parking.rereads is not None:
+            self.parking.rereads.spill_by_reference(self.parking.spilling, self.checks.raw_tenant)
         log.info("pipeline %s started", self.name, extra=self._ctx)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._receive_loop(), name=f"{self.name}:receive")
@@ -352,6 +354,17 @@ class Pipeline:
                 await self._resumed.wait()
                 continue
             room = self.capacity() - len(self.live)
+            if room <= 0 and self.isolation:
+                try:
+                    await self.tenancy.buffer_full()
+                except StoreError as exc:
+                    log.warning(
+                        "pipeline %s: parking needs the task store, which failed: %s",
+                        self.name,
+                        exc,
+                        extra=self._ctx,
+                    )
+                room = self.capacity() - len(self.live)
             if room <= 0:
                 self._room.clear()
                 await self._wait(self._room, 1.0)
@@ -377,14 +390,18 @@ class Pipeline:
 
     async def _admit_all(self, deliveries: Sequence[Delivery]) -> None:
         self.m_received.inc(len(deliveries))
-        ids = [task_id(self.name, d.event_id) for d in deliveries]
-        finished = await self._finished_ids(ids)
+        # A delivery with a reference was not decoded: its tenant spills by reference.
+        ids = [task_id(self.name, d.event_id) if d.reference is None else "" for d in deliveries]
+        finished = await self._finished_ids([i for i in ids if i])
         if finished is None:  # stopping while the store is down: hand them back
             for delivery in deliveries:
                 await delivery.nack()
             return
-        to_park: list[Task] = []
+        to_park: list[Task | Delivery] = []
         for delivery, tid in zip(deliveries, ids, strict=True):
+            if not tid:
+                to_park.append(delivery)
+                continue
             live = self.live.get(tid)
             if live is not None:
                 live.deliveries.append(delivery)  # settled together with the live task
@@ -397,13 +414,13 @@ class Pipeline:
                     to_park.append(task)
                 elif task is not None and self.gates.admit(task.gate, task):
                     self._enqueue(task)
-        await self.parking.park(to_park)
+        await self.parking.park_arrivals(to_park)
         self._wake.set()
 
     async def _finished_ids(self, ids: list[str]) -> set[str] | None:
         """Dedup lookup, waiting out a store outage (the deliveries stay in hand)."""
         delay = 0.1
-        while True:
+        while ids:
             try:
                 return await self.store.finished(ids, since=time.time() - self.dedup_window)
             except StoreError as exc:
@@ -418,6 +435,7 @@ class Pipeline:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        return set()
 
     def _gate_for(self, delivery: Delivery) -> str | None:
         ordering = self.config.ordering

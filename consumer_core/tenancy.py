@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Set
 from typing import TYPE_CHECKING
 
 from consumer_core.flow import AimdWindow
@@ -37,7 +38,7 @@ class Tenancy:
         # Every tenant with work in the shared lane: queued, running, retrying or
         # waiting behind its key.
         shared_tenants = {t for t in p.tenant_live if t not in p.lanes}
-        if self._isolate_flood(shared_tenants):
+        if self._isolate_flood(shared_tenants) is not None:
             return
         if len(shared_tenants) < 2 and not any(
             p.detector.verdict(t, now=now, inflight={}, backlog={}) for t in shared_tenants
@@ -50,18 +51,27 @@ class Tenancy:
             if reason is not None:
                 self._promote(tenant, reason)
 
-    def _isolate_flood(self, shared_tenants: set[str]) -> bool:
+    async def buffer_full(self) -> None:
+        """Called by the receive loop when the buffer is full: a tenant flooding it is
+        isolated and spilled at once, not at the next housekeeping round, since every
+        moment the source is stopped delays the tenants queued behind the flood."""
+        p = self.pipeline
+        flooding = self._isolate_flood({t for t in p.tenant_live if t not in p.lanes})
+        if flooding is not None:
+            await self.spill(now={flooding})
+
+    def _isolate_flood(self, shared_tenants: set[str]) -> str | None:
         """A full buffer stops the source, so tenants queued behind the flood in the
-        source cannot even be seen: isolate the tenant that fills it. True if done."""
+        source cannot even be seen: isolate the tenant that fills it (returned)."""
         p = self.pipeline
         if not shared_tenants or len(p.live) < 0.9 * p.capacity():
-            return False
+            return None
         tenant = max(shared_tenants, key=lambda t: p.tenant_live[t])
         share = p.tenant_live[tenant] / len(p.live)
         if share < p.thresholds.backlog_share:
-            return False
+            return None
         self._promote(tenant, f"holds {share:.0%} of a full buffer")
-        return True
+        return tenant
 
     def _promote(self, tenant: str, reason: str) -> None:
         p = self.pipeline
@@ -82,10 +92,11 @@ class Tenancy:
         p._show_lane(lane)
         log.warning("pipeline %s: tenant %s isolated: %s", p.name, tenant, reason, extra=p._ctx)
 
-    async def spill(self) -> None:
+    async def spill(self, now: Set[str] = frozenset()) -> None:
         """Park an isolated tenant's waiting work once it is more than ``spill_after``
         tasks, or once any of it has waited ``SPILL_WAIT`` seconds: either way the lane
-        is not keeping up, and its messages would hold back the source's commits."""
+        is not keeping up, and its messages would hold back the source's commits.
+        Tenants in ``now`` spill without waiting for either."""
         p = self.pipeline
         limit = p.thresholds.spill_after
         horizon = time.time() - SPILL_WAIT
@@ -95,7 +106,7 @@ class Tenancy:
             waiting = p.tenant_live[tenant] - p.tenant_inflight[tenant]
             if waiting <= 0:
                 continue
-            if waiting <= limit and not self._waited_since(tenant, horizon):
+            if tenant not in now and waiting <= limit and not self._waited_since(tenant, horizon):
                 continue
             p.parking.spilling.add(tenant)
             tasks = self._take_waiting(tenant, lane)

@@ -45,7 +45,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any, Final, Self
 
 from confluent_kafka import Message
@@ -53,8 +53,9 @@ from confluent_kafka import Message
 from connectors.kafka.client import ConsumerClient, TopicPartition
 from connectors.kafka.headers import decode_record
 from connectors.kafka.offsets import OffsetTracker
+from connectors.kafka.reread import Rereader, parse_reference, reference
 from consumer_core.config.model import ComponentSpec
-from consumer_core.contracts import Delivery, Resources
+from consumer_core.contracts import Delivery, RawTenant, Resources
 from consumer_core.errors import ConnectorError, FatalClientError
 
 __all__ = ["KafkaDelivery", "KafkaSource", "consumer_config"]
@@ -218,6 +219,10 @@ class KafkaSource:
         self._closing = False
         self._left_core = asyncio.Event()
         """Set whenever a delivery is settled or dropped (the revoke grace waits on it)."""
+        self._config = config
+        self._spill_tenants: Set[str] = frozenset()
+        self._tenant_of: RawTenant | None = None
+        self._rereader: Rereader | None = None
 
     @classmethod
     def from_config(cls, pipeline: str, spec: ComponentSpec, res: Resources) -> Self:
@@ -264,6 +269,8 @@ class KafkaSource:
         self._background = []
         await self.commit()
         await self.client.close()
+        if self._rereader is not None:
+            await self._rereader.close()
 
     # ----------------------------------------------------------------- receive
 
@@ -339,6 +346,24 @@ class KafkaSource:
                 self._last_poll = time.monotonic()
                 self._released.extend(self._accept(messages))
 
+    # ----------------------------------------------------------------- spilling by reference
+
+    def spill_by_reference(self, tenants: Set[str], tenant_of: RawTenant) -> None:
+        """Hand messages of ``tenants`` over undecoded, as references (see ``Rereads``)."""
+        self._spill_tenants = tenants
+        self._tenant_of = tenant_of
+
+    async def reread(self, references: Sequence[str]) -> Mapping[str, Delivery]:
+        """The referenced records still in their partitions, decoded (never settled)."""
+        if self._rereader is None:
+            self._rereader = Rereader(self._config, name=self.pipeline)
+        wanted = {parse_reference(ref): ref for ref in references}
+        records = await self._rereader.fetch(list(wanted))
+        out: dict[str, Delivery] = {}
+        for (tp, offset), message in records.items():
+            out[wanted[(tp, offset)]] = Delivery(**self._decode(message, tp, offset))
+        return out
+
     def _take(self, message: Message[Any, Any]) -> KafkaDelivery | None:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None or offset < 0:
@@ -356,6 +381,22 @@ class KafkaSource:
             self._end_assignment(state)
             state = self._states[tp] = PartitionState(tp, committed, state.generation)
             epoch = state.tracker.track(offset)
+        if self._spill_tenants and self._tenant_of is not None:
+            headers = message.headers()
+            tenant = self._tenant_of(
+                message.key(), list(headers.items()) if isinstance(headers, dict) else headers
+            )
+            if tenant is not None and tenant in self._spill_tenants:
+                delivery = KafkaDelivery(
+                    self, state, offset, epoch, event=None, event_id=reference(*tp, offset)
+                )
+                delivery.reference, delivery.tenant = delivery.event_id, tenant
+                return delivery
+        return KafkaDelivery(self, state, offset, epoch, **self._decode(message, tp, offset))
+
+    def _decode(self, message: Message[Any, Any], tp: TopicPartition, offset: int) -> Any:
+        """The keyword arguments of a ``Delivery`` for ``message``."""
+        topic, partition = tp
         decoded = decode_record(
             topic=topic,
             partition=partition,
@@ -365,18 +406,14 @@ class KafkaSource:
             headers=message.headers(),
         )
         _, timestamp = message.timestamp()
-        return KafkaDelivery(
-            self,
-            state,
-            offset,
-            epoch,
-            event=decoded.event,
-            event_id=decoded.event_id,
-            raw=message.value() or b"",
-            key=decoded.key,
-            partition=state.label,
-            headers=decoded.headers,
-            attributes={
+        return {
+            "event": decoded.event,
+            "event_id": decoded.event_id,
+            "raw": message.value() or b"",
+            "key": decoded.key,
+            "partition": f"{topic}/{partition}",
+            "headers": decoded.headers,
+            "attributes": {
                 "messaging.system": "kafka",
                 "messaging.destination.name": topic,
                 "messaging.destination.partition.id": str(partition),
@@ -386,8 +423,8 @@ class KafkaSource:
                 "messaging.consumer.group.name": self.group_id,
                 "messaging.message.id": decoded.event_id,
             },
-            decode_error=decoded.error,
-        )
+            "decode_error": decoded.error,
+        }
 
     # ----------------------------------------------------------------- settling
 

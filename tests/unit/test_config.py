@@ -228,6 +228,7 @@ def test_minimal_file_gets_the_schema_defaults(tmp_path: Path) -> None:
         "backlog_share": 0.5,
         "max_share": 0.25,
         "spill_after": 1000,
+        "spill_by_reference": True,
         "idle_reclaim": 300.0,
     }
     assert pipeline.source.options == {"max_body_bytes": 1048576}
