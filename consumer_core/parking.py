@@ -327,10 +327,14 @@ class Parking:
         references = [ref for row in rows for ref in _references(row)]
         if not references:
             return rows, {}
-        if self.rereads is None:
-            raise ConnectorError("parked references, but the source cannot read messages again")
+        source = self.pipeline.source
         try:
-            messages = await self.rereads.reread(references)
+            if not isinstance(source, Rereads):
+                raise ConnectorError(
+                    f"parked rows hold references, but a {self.pipeline.config.source.type} "
+                    "source cannot read messages again"
+                )
+            messages = await source.reread(references)
         except ConnectorError as exc:
             log.warning(
                 "pipeline %s: reading spilled messages back from the source: %s (will retry)",

@@ -231,7 +231,10 @@ class AdminServer:
         if previous is not None:
             await store.request_cancel([tid], at=time.time())
             return web.json_response({"id": tid, "cancelled": True, "was": previous}, status=202)
-        record = await store.get(tid)
+        # Still in memory but finished (its result on its way to the sinks, not yet in
+        # the store) or already being cancelled: its record here is the latest.
+        live = pipeline.live.get(tid) if pipeline is not None else None
+        record = live.record if live is not None else await store.get(tid)
         if record is None:
             return _error(404, f"no task {tid!r}")
         if record.state in TERMINAL:
