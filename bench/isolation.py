@@ -10,7 +10,8 @@ for A the scenario chooses:
 * ``baseline``: A behaves like everyone else;
 * ``failing``: A's function answers 503 for ``--outage`` seconds, then recovers;
 * ``slow``: A's function takes 5 s per call for ``--outage`` seconds, then recovers;
-* ``flood``: A sends 100x the messages of any other tenant, at once, at the start.
+* ``flood``: A sends 100x the messages of any other tenant, at once, at the start, from
+  its own producer (as from its own clients) while B..K go on producing theirs.
 
 For B..K it measures throughput (results/s over the run) and p99 latency (produce to
 result at the webhook sink); for A that every message got a result, in order per key;
@@ -150,7 +151,12 @@ class Feed:
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
+        # idempotent: a produce request that fails under load is retried, in order
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 2, "enable.idempotence": True}
+        )
+        self.refused: dict[str, str] = {}
+        """Messages the broker never took (by id, with the reason): not the bridge's."""
         self.sent: dict[str, float] = {}
         self.tenant_of: dict[str, str] = {}
         self.seq: dict[str, int] = defaultdict(int)
@@ -174,6 +180,7 @@ class Feed:
                                  ("ce_source", b"/bench"), ("ce_type", b"order"),
                                  ("ce_specversion", b"1.0"),
                                  ("content-type", b"application/json")],
+                        on_delivery=self._report(message_id),
                     )  # fmt: skip
                     break
                 except BufferError:
@@ -181,6 +188,13 @@ class Feed:
             self.sent[message_id] = now
             self.tenant_of[message_id] = tenant
         self.producer.poll(0)
+
+    def _report(self, message_id: str) -> Callable[[Any, Any], None]:
+        def report(error: Any, _message: Any) -> None:
+            if error is not None:
+                self.refused[message_id] = str(error)
+
+        return report
 
     def flush(self) -> None:
         self.producer.flush(60)
@@ -215,6 +229,11 @@ def _behaviour(scenario: str, trouble_until: float) -> Callable[[str], tuple[int
         return 200, 0.0
 
     return behaviour
+
+
+def _flood(feed: Feed, n: int) -> None:
+    feed.send("A", n, keys=100)
+    feed.flush()
 
 
 async def _until(harness: Harness, done: Callable[[], bool], seconds: float) -> None:
@@ -270,7 +289,7 @@ def _outcome(
         a_sent=len(a_ids),
         a_done=sum(1 for m in a_ids if m in harness.results),
         a_in_order=all(seqs == sorted(seqs) for seqs in harness.calls.values()),
-        lost=sum(1 for m in feed.sent if m not in harness.results),
+        lost=sum(1 for m in feed.sent if m not in harness.results and m not in feed.refused),
         commits_advanced=None,
         reclaimed=None,
         seconds=time.time() - started,
@@ -321,9 +340,16 @@ async def run_scenario(
         started = time.time()
         trouble_until = started + outage
         harness.behaviour = _behaviour(scenario, trouble_until)
+        flood: asyncio.Future[None] | None = None
+        flood_feed = Feed(bootstrap, topic)
         if scenario == "flood":
-            # a flooding tenant has many keys: its own backend, not its keys, limits it
-            feed.send("A", int(100 * rate * seconds), keys=100)
+            # A's flood comes from its own client, as it would from A's own producers: in a
+            # thread, so that B..K's messages are not queued behind it in one producer and
+            # the function server in this process keeps answering meanwhile. A flooding
+            # tenant has many keys: its own backend, not its keys, limits it.
+            flood = asyncio.ensure_future(
+                asyncio.to_thread(_flood, flood_feed, int(100 * rate * seconds))
+            )
         offsets: list[list[int]] = []
 
         async def sample() -> None:
@@ -333,19 +359,29 @@ async def run_scenario(
             feed, scenario, rate=rate, seconds=seconds, started=started,
             trouble_until=trouble_until, sample=sample,
         )  # fmt: skip
+        if flood is not None:
+            await flood
+            feed.sent.update(flood_feed.sent)
+            feed.tenant_of.update(flood_feed.tenant_of)
+            feed.refused.update(flood_feed.refused)
         produced_until = time.time()
         patience = 60 + (100 * rate * seconds / 500 if scenario == "flood" else 0)
         await _until(harness, lambda: all(m in harness.results for m in feed.sent), patience)
         outcome = _outcome(
             scenario, isolation, feed, harness, started=started, produced_until=produced_until
         )
+        if feed.refused:
+            reasons = sorted(set(feed.refused.values()))[:3]
+            outcome.notes.append(f"the broker refused {len(feed.refused)} messages: {reasons}")
         if dump is not None:
             with dump.open("a") as out:
                 for m, sent in feed.sent.items():
                     done = harness.results.get(m)
                     latency = "" if done is None else f"{(done - sent) * 1000:.1f}"
                     tenant = feed.tenant_of[m]
-                    out.write(f"{scenario},{isolation},{tenant},{sent - started:.3f},{latency}\n")
+                    out.write(
+                        f"{scenario},{isolation},{tenant},{sent - started:.3f},{latency},{m}\n"
+                    )
         if len(offsets) >= 2:
             first, last = offsets[0], offsets[-1]
             outcome.commits_advanced = all(b > a for a, b in zip(first, last, strict=True))
@@ -426,7 +462,7 @@ def main() -> None:
         "--dump",
         type=Path,
         help="append every message's scenario, isolation, tenant, send time (s from the "
-        "start) and latency (ms; empty if lost) to this CSV file",
+        "start), latency (ms; empty if lost) and id to this CSV file",
     )
     parser.add_argument(
         "--scenarios",

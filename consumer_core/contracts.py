@@ -67,6 +67,7 @@ class Delivery:
         "headers",
         "key",
         "partition",
+        "positions",
         "raw",
         "received_at",
         "reference",
@@ -101,9 +102,13 @@ class Delivery:
         """Set by the connector when the message is no longer ours (a Kafka partition
         was revoked): the core drops its task without invoking or settling it."""
         self.reference: str | None = None
-        """Set (with ``tenant``) on a message the source did not decode because its
-        tenant spills by reference (see ``Rereads``): ``event`` is ``None`` and the
-        source reads the message again, by this reference, when its turn comes."""
+        """Set (with ``tenant`` and ``positions``) on messages the source did not decode
+        because their tenant spills by reference (see ``Rereads``): where they are (a
+        Kafka ``topic/partition``). ``event`` is ``None``; one such delivery stands for
+        every message at ``positions`` there, and settling it settles them all."""
+        self.positions: list[int] = []
+        """The positions (Kafka offsets), ascending, of the messages a delivery with a
+        ``reference`` stands for; ``f"{reference}/{position}"`` names each of them."""
         self.tenant: str | None = None
 
     async def ack(self) -> None:
@@ -199,10 +204,13 @@ class Rereads(Protocol):
     copied into the store (``isolation.spill_by_reference``).
 
     ``spill_by_reference(tenants, tenant_of)`` is called once, before the first
-    ``receive``. From then on, a message whose ``tenant_of(key, headers)`` is in
-    ``tenants`` (a set the core keeps changing) is handed over undecoded: a delivery
-    with ``reference`` and ``tenant`` set and no event. Acking it means its reference is
-    safely stored, so a commit may pass it.
+    ``receive``. From then on, messages whose ``tenant_of(key, headers)`` is in
+    ``tenants`` (a set the core keeps changing) are handed over undecoded: a delivery
+    with ``reference``, ``positions`` and ``tenant`` set and no event stands for a run
+    of them. Acking it means their references are safely stored, so a commit may pass
+    them.
+
+    A task never attempted is parked the same way, by ``position(delivery)``.
 
     ``reread(references)`` returns, by reference, the messages still in the source,
     decoded, as deliveries that are never settled. A reference it leaves out is gone
@@ -211,6 +219,10 @@ class Rereads(Protocol):
     """
 
     def spill_by_reference(self, tenants: Set[str], tenant_of: RawTenant) -> None: ...
+
+    def position(self, delivery: Delivery) -> tuple[str, int] | None:
+        """Where a (decoded) delivery of this source can be read again, as
+        ``(reference, position)``; ``None`` when it cannot (not ours, or revoked)."""
 
     async def reread(self, references: Sequence[str]) -> Mapping[str, Delivery]: ...
 

@@ -19,16 +19,17 @@ When such a row's turn comes, the source reads the message again; one it no long
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from consumer_core.codec import dumps, loads
 from consumer_core.contracts import Delivery, Rereads
-from consumer_core.errors import ConnectorError
+from consumer_core.errors import ConnectorError, StoreError
 from consumer_core.events import attributes_json, from_stored, wrap
 from consumer_core.outcome import ErrorKind
 from consumer_core.store.base import Parked
@@ -47,6 +48,11 @@ REFERENCE = "ref:"
 """How the ``task_id`` of a row that holds source references, not a message, starts."""
 RUN = 256
 """Most references one row holds (consecutive arrivals of one tenant and partition)."""
+MAX_WRITES = 2
+"""Parking writes the receive loop may leave pending before it waits for one."""
+READING_PAST = 0.1
+"""Seconds after the source last handed over references of a tenant during which that
+tenant's parked rows are not loaded back, unless it has nothing left in memory."""
 
 
 class ParkedDelivery(Delivery):
@@ -99,6 +105,10 @@ class Parking:
         """The source, when spilling tenants' arrivals are parked as references."""
         self.by_reference: set[str] = set()
         """Spilling tenants whose arrivals were parked as references."""
+        self._writes: deque[asyncio.Task[None]] = deque()
+        """Pending parking writes, oldest first."""
+        self._arriving: dict[str, float] = {}
+        """Per tenant, when the source last handed over references of it."""
 
     async def start(self) -> None:
         now = time.time()
@@ -139,58 +149,122 @@ class Parking:
         )
 
     async def park(self, tasks: Sequence[Task]) -> None:
-        """Move ``tasks`` (none of them running) to the store, then settle their messages."""
+        """Move ``tasks`` (none of them running) to the store, then settle their messages.
+        A task never attempted whose message its source can read again is parked as a
+        reference too (a flood's first thousand tasks are spilled in milliseconds)."""
         # Arrival order: a task loaded back from the store keeps its original receipt
         # time, so parking it again keeps it ahead of later arrivals of its key.
-        await self.park_arrivals(sorted(tasks, key=_arrival))  # type: ignore[arg-type]
+        items: list[Task | Delivery | _Reread] = []
+        for task in sorted(tasks, key=_arrival):
+            where = self._rereadable(task)
+            items.append(task if where is None else _Reread(task, *where))
+        await self.park_arrivals(items)
 
-    async def park_arrivals(self, items: Sequence[Task | Delivery]) -> None:
+    def _rereadable(self, task: Task) -> tuple[str, int] | None:
+        if self.rereads is None or task.record.attempts or task.cancelled:
+            return None
+        if task.retry_handle is not None or len(task.deliveries) != 1:
+            return None
+        return self.rereads.position(task.deliveries[0])
+
+    async def park_arrivals(
+        self, items: Sequence[Task | Delivery | _Reread], *, wait: bool = True
+    ) -> None:
         """Park ``items`` in this order: tasks, and deliveries the source handed over as
-        references (``Delivery.reference``). Then settle their messages."""
+        references (``Delivery.reference``), then settle their messages. Writes happen
+        one after another in the order asked; with ``wait=False`` this returns before
+        the write is done (at most ``MAX_WRITES`` pending), so the receive loop reads on
+        while the store writes."""
         if not items:
             return
+        self._note_references(items)
+        entries = _runs(items)
+        rows: list[Parked] = []
+        settle: list[tuple[list[Task], list[Delivery]]] = []
+        for entry in entries:
+            if isinstance(entry, _Run):
+                rows.append(self._reference_row(entry))
+                settle.append((entry.tasks, entry.deliveries))
+            else:
+                rows.append(self._row(entry))
+                settle.append(([entry], list(entry.deliveries)))
         # What to settle is fixed now: while the rows are written, ``refill`` may read
         # them back and must not hand them to these (still live) tasks.
-        entries = _runs(items)
-        for entry in entries:
-            if isinstance(entry, _Run) and entry.tenant not in self.by_reference:
-                self.spilling.add(entry.tenant)  # it may have stopped since the source looked
-                self.by_reference.add(entry.tenant)
+        for row in rows:
+            self.parking_ids.add(row.task_id)
+            self.counts[row.tenant] += 1  # counted before the write: see refill
+        count = sum(len(e.offsets) if isinstance(e, _Run) else 1 for e in entries)
+        previous = self._writes[-1] if self._writes else None
+        write = asyncio.create_task(self._write(rows, settle, count, previous))
+        self._writes.append(write)
+        write.add_done_callback(self._writes.remove)
+        if wait:
+            await write
+            return
+        while len(self._writes) > MAX_WRITES:
+            await asyncio.wait([self._writes[0]])
+
+    def _note_references(self, items: Sequence[Task | Delivery | _Reread]) -> None:
+        now = time.monotonic()
+        for item in items:
+            if not isinstance(item, Delivery) or item.tenant is None:
+                continue
+            self._arriving[item.tenant] = now
+            self.spilling.add(item.tenant)  # it may have stopped since the source looked
+            if item.tenant not in self.by_reference:
+                self.by_reference.add(item.tenant)
                 log.info(
                     "pipeline %s: tenant %s spills by reference: its new messages stay in "
                     "the source until its lane has room",
                     self.pipeline.name,
-                    entry.tenant,
+                    item.tenant,
                 )
-        rows: list[Parked] = []
-        settle: list[tuple[Task | None, list[Delivery]]] = []
-        for entry in entries:
-            if isinstance(entry, _Run):
-                rows.append(self._reference_row(entry))
-                settle.append((None, entry.deliveries))
-            else:
-                rows.append(self._row(entry))
-                settle.append((entry, list(entry.deliveries)))
-        for row in rows:
-            self.parking_ids.add(row.task_id)
-            self.counts[row.tenant] += 1  # counted before the write: see refill
-        try:
-            await self.store.park(rows, owner=self.owner, lease_until=time.time() + LEASE)
-        except BaseException:
-            for row in rows:
-                self.parking_ids.discard(row.task_id)
-                self.counts[row.tenant] -= 1
-            raise
-        for row, (task, deliveries) in zip(rows, settle, strict=True):
+
+    async def _write(
+        self,
+        rows: list[Parked],
+        settle: list[tuple[list[Task], list[Delivery]]],
+        count: int,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        """Write ``rows`` (after ``previous``), retrying through a store outage, then
+        settle their messages and forget their tasks."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        delay = 0.1
+        while True:
+            try:
+                await self.store.park(rows, owner=self.owner, lease_until=time.time() + LEASE)
+                break
+            except StoreError as exc:
+                log.warning(
+                    "pipeline %s: parking %d rows failed (%s); retrying in %.1fs",
+                    self.pipeline.name,
+                    len(rows),
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for row, (tasks, deliveries) in zip(rows, settle, strict=True):
             for delivery in deliveries:
                 await delivery.ack()
-            if task is not None:
+            for task in tasks:
                 self.pipeline.forget(task)
             self.parking_ids.discard(row.task_id)
-        self._parked_total.inc(sum(len(d) if t is None else 1 for t, d in settle))
+        self._parked_total.inc(count)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for pending writes; cancel the rest (their messages
+        stay unsettled and come again)."""
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=max(timeout, 0.0))
+        for write in list(self._writes):
+            write.cancel()
+        await asyncio.gather(*self._writes, return_exceptions=True)
 
     def _reference_row(self, run: _Run) -> Parked:
-        received = run.deliveries[0].received_at
+        received = run.received
         return Parked(
             pipeline=self.pipeline.name,
             tenant=run.tenant,
@@ -244,8 +318,17 @@ class Parking:
     async def refill(self) -> None:
         """Load parked tasks back, up to a bounded number in memory per tenant."""
         pipeline = self.pipeline
+        now = time.monotonic()
         for tenant in list(self.counts):
             if tenant in pipeline.paused_tenants:
+                continue
+            if (
+                now - self._arriving.get(tenant, 0.0) < READING_PAST
+                and pipeline.tenant_live[tenant]
+            ):
+                # The source is still reading past this tenant's flood: reading its
+                # messages back now would compete with that (and with everyone queued
+                # behind the flood). It is served from what it has in memory meanwhile.
                 continue
             lane = pipeline.lane_for(tenant)
             target = max(64, 4 * lane.window.limit * pipeline.per_request)
@@ -425,38 +508,60 @@ def _size(row: Parked) -> int:
     return len(loads(row.record)["offsets"]) if row.task_id.startswith(REFERENCE) else 1
 
 
+class _Reread:
+    """A task parked as a reference to its message (``Parking.park``)."""
+
+    __slots__ = ("place", "position", "task")
+
+    def __init__(self, task: Task, place: str, position: int) -> None:
+        self.task = task
+        self.place = place
+        self.position = position
+
+
 class _Run:
-    """Consecutive references of one tenant and partition, parked as one row."""
+    """Consecutive references of one tenant and place, parked as one row: the
+    deliveries to ack and the tasks to forget once it is written."""
 
-    __slots__ = ("deliveries", "offsets", "prefix", "tenant")
+    __slots__ = ("deliveries", "offsets", "prefix", "received", "tasks", "tenant")
 
-    def __init__(self, tenant: str, prefix: str) -> None:
+    def __init__(self, tenant: str, prefix: str, received: float) -> None:
         self.tenant = tenant
         self.prefix = prefix
+        self.received = received
         self.offsets: list[int] = []
         self.deliveries: list[Delivery] = []
+        self.tasks: list[Task] = []
 
     def extends(self, tenant: str, prefix: str) -> bool:
         return tenant == self.tenant and prefix == self.prefix and len(self.offsets) < RUN
 
 
-def _runs(items: Sequence[Task | Delivery]) -> list[Task | _Run]:
-    """``items`` in order, consecutive references of one tenant and partition grouped
-    (at most ``RUN`` to a group)."""
+def _runs(items: Sequence[Task | Delivery | _Reread]) -> list[Task | _Run]:
+    """``items`` in order, consecutive references of one tenant and place grouped (at
+    most ``RUN`` positions to a group, a delivery's never split)."""
     entries: list[Task | _Run] = []
     for item in items:
-        if not isinstance(item, Delivery):
+        if isinstance(item, _Reread):
+            tenant, place, received = item.task.record.tenant, item.place, item.task.record.received
+        elif isinstance(item, Delivery):
+            assert item.reference is not None
+            assert item.tenant is not None
+            tenant, place, received = item.tenant, item.reference, item.received_at
+        else:
             entries.append(item)
             continue
-        assert item.reference is not None
-        assert item.tenant is not None
-        prefix, _, offset = item.reference.rpartition("/")
         last = entries[-1] if entries else None
-        if not isinstance(last, _Run) or not last.extends(item.tenant, prefix):
-            last = _Run(item.tenant, prefix)
+        if not isinstance(last, _Run) or not last.extends(tenant, place):
+            last = _Run(tenant, place, received or time.time())
             entries.append(last)
-        last.offsets.append(int(offset))
-        last.deliveries.append(item)
+        if isinstance(item, _Reread):
+            last.offsets.append(item.position)
+            last.deliveries.extend(item.task.deliveries)
+            last.tasks.append(item.task)
+        else:
+            last.offsets.extend(item.positions)
+            last.deliveries.append(item)
     return entries
 
 

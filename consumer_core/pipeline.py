@@ -271,6 +271,7 @@ class Pipeline:
         for call in list(self._calls):
             call.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
+        await self.parking.drain(deadline - time.monotonic())
         self.results.stop()
         for task in list(self.live.values()):
             if task.retry_handle is not None:
@@ -370,7 +371,7 @@ class Pipeline:
                 await self._wait(self._room, 1.0)
                 continue
             try:
-                deliveries = await self.source.receive(min(room, 1000), 0.25)
+                deliveries = await self.source.receive(self._receive_size(room), 0.25)
             except NotConnected as exc:
                 log.warning(
                     "pipeline %s: source lost its connection (%s)", self.name, exc, extra=self._ctx
@@ -388,8 +389,17 @@ class Pipeline:
             if deliveries:
                 await self._admit_all(deliveries)
 
+    def _receive_size(self, room: int) -> int:
+        """How many messages to ask the source for: what fits, up to 1000; more while a
+        tenant spills by reference (its messages take no room, and the tenants queued
+        behind its flood wait until the source has read past it)."""
+        size = min(room, 1000)
+        if self.parking.rereads is not None and self.parking.spilling:
+            size = max(size, 4000)
+        return size
+
     async def _admit_all(self, deliveries: Sequence[Delivery]) -> None:
-        self.m_received.inc(len(deliveries))
+        self.m_received.inc(sum(len(d.positions) or 1 for d in deliveries))
         # A delivery with a reference was not decoded: its tenant spills by reference.
         ids = [task_id(self.name, d.event_id) if d.reference is None else "" for d in deliveries]
         finished = await self._finished_ids([i for i in ids if i])
@@ -414,7 +424,7 @@ class Pipeline:
                     to_park.append(task)
                 elif task is not None and self.gates.admit(task.gate, task):
                     self._enqueue(task)
-        await self.parking.park_arrivals(to_park)
+        await self.parking.park_arrivals(to_park, wait=False)
         self._wake.set()
 
     async def _finished_ids(self, ids: list[str]) -> set[str] | None:

@@ -67,6 +67,8 @@ REVOKE_GRACE: Final = 2.0
 KEEPALIVE: Final = 1.0
 """Seconds without a poll after which the source polls by itself."""
 KEEPALIVE_BATCH: Final = 500
+RUN: Final = 256
+"""Most consecutive references of one tenant and partition one delivery carries."""
 ZOMBIE_HOLD: Final = 60.0
 """The longest a returning partition's messages wait for zombies (a safety net: a
 zombie that is a redelivered duplicate of another task is never reported dropped)."""
@@ -158,6 +160,7 @@ class PartitionState:
         "generation",
         "held",
         "label",
+        "references",
         "tp",
         "tracker",
     )
@@ -173,10 +176,19 @@ class PartitionState:
         self.deliveries: dict[int, KafkaDelivery] = {}
         self.held: deque[KafkaDelivery] = deque()
         self.buffer_paused = False
+        self.references = 0
+        """Deliveries handed over as references (no message body) not settled yet."""
         self.active = True
         if committed is not None:
             # What the group committed before: no need to commit it again.
             self.tracker.committed(committed)
+
+    @property
+    def held_in_memory(self) -> int:
+        """Messages taken and not finished, besides references: what ``partition_buffer``
+        bounds (a reference costs next to nothing, and pausing the partition while a
+        tenant's flood is read past as references would only slow the others)."""
+        return self.tracker.outstanding - self.references
 
     def committed_offset(self) -> int | None:
         """The group's committed offset as far as this assignment knows."""
@@ -307,16 +319,18 @@ class KafkaSource:
         buffer is full."""
         ready: list[KafkaDelivery] = []
         to_pause: list[TopicPartition] = []
+        run: KafkaDelivery | None = None  # the references being gathered
         for message in messages:
-            delivery = self._take(message)
-            if delivery is None:
+            delivery = self._take(message, run)
+            if delivery is None or delivery is run:
                 continue
+            run = delivery if delivery.reference is not None else None
             state = delivery._state
             if state.tp in self._zombies:
                 state.held.append(delivery)
             else:
                 ready.append(delivery)
-            if not state.buffer_paused and state.tracker.outstanding >= self.partition_buffer:
+            if not state.buffer_paused and state.held_in_memory >= self.partition_buffer:
                 state.buffer_paused = True
                 to_pause.append(state.tp)
         if to_pause:
@@ -353,6 +367,16 @@ class KafkaSource:
         self._spill_tenants = tenants
         self._tenant_of = tenant_of
 
+    def position(self, delivery: Delivery) -> tuple[str, int] | None:
+        """``(topic/partition, offset)`` of a decoded record of a current assignment."""
+        if not isinstance(delivery, KafkaDelivery) or delivery._source is not self:
+            return None
+        if delivery.reference is not None or delivery._revoked_flag:
+            return None
+        if not delivery._state.active:
+            return None
+        return delivery._state.label, delivery._offset
+
     async def reread(self, references: Sequence[str]) -> Mapping[str, Delivery]:
         """The referenced records still in their partitions, decoded (never settled)."""
         if self._rereader is None:
@@ -364,7 +388,12 @@ class KafkaSource:
             out[wanted[(tp, offset)]] = Delivery(**self._decode(message, tp, offset))
         return out
 
-    def _take(self, message: Message[Any, Any]) -> KafkaDelivery | None:
+    def _take(
+        self, message: Message[Any, Any], run: KafkaDelivery | None = None
+    ) -> KafkaDelivery | None:
+        """Track ``message`` and make a delivery of it; ``None`` for a record that is not
+        one. A message of a tenant that spills by reference extends ``run`` (returned)
+        when it can, else starts a new run of references."""
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None or offset < 0:
             return None
@@ -387,10 +416,21 @@ class KafkaSource:
                 message.key(), list(headers.items()) if isinstance(headers, dict) else headers
             )
             if tenant is not None and tenant in self._spill_tenants:
+                state.references += 1
+                if (
+                    run is not None
+                    and run._state is state
+                    and run._epoch == epoch
+                    and run.tenant == tenant
+                    and len(run.positions) < RUN
+                ):
+                    run.positions.append(offset)
+                    return run
                 delivery = KafkaDelivery(
                     self, state, offset, epoch, event=None, event_id=reference(*tp, offset)
                 )
-                delivery.reference, delivery.tenant = delivery.event_id, tenant
+                delivery.reference, delivery.tenant = state.label, tenant
+                delivery.positions = [offset]
                 return delivery
         return KafkaDelivery(self, state, offset, epoch, **self._decode(message, tp, offset))
 
@@ -436,9 +476,14 @@ class KafkaSource:
             self._zombie_gone(delivery)
             return
         state.deliveries.pop(delivery._offset, None)
-        if finished:
+        if delivery.reference is not None:
+            state.references -= len(delivery.positions)
+            if finished:
+                for offset in delivery.positions:
+                    state.tracker.done(offset, delivery._epoch)
+        elif finished:
             state.tracker.done(delivery._offset, delivery._epoch)
-        if state.buffer_paused and state.tracker.outstanding < self.resume_below:
+        if state.buffer_paused and state.held_in_memory < self.resume_below:
             state.buffer_paused = False
             log.debug("kafka: resuming %s", state.label)
             self.client.resume_nowait([state.tp])
