@@ -146,6 +146,10 @@ def sqlite_path(url: str, base_dir: Path) -> Path:
 
 def open_store(url: str, base_dir: Path, databases: SqliteDatabases) -> TaskStore:
     """Build (not open) the store a ``state.url`` names."""
+    if url.startswith("memory://"):
+        from consumer_core.store.memory import MemoryTaskStore
+
+        return MemoryTaskStore()
     if url.startswith("sqlite://"):
         from consumer_core.store.sqlite import SqliteTaskStore
 
