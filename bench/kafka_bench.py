@@ -57,7 +57,7 @@ SETTINGS = {
 BRIDGE_CONFIG = """
 version: 1
 server: {{listen: "127.0.0.1:{port}"}}
-state: {{url: "sqlite:///state.db"}}
+state: {{url: "{state}"}}
 pipelines:
   - name: bench
     source:
@@ -202,9 +202,18 @@ class Results:
 # --------------------------------------------------------------------------- systems
 
 
-def run_bridge(mode: str, bootstrap: str, url: str, topic: str, out: str, work: Path) -> Any:
+def run_bridge(
+    mode: str,
+    bootstrap: str,
+    url: str,
+    topic: str,
+    out: str,
+    work: Path,
+    state: str = "sqlite:///state.db",
+) -> Any:
     port = free_port()
     config = BRIDGE_CONFIG.format(
+        state=state,
         port=port,
         bootstrap=bootstrap,
         topic=topic,
