@@ -119,6 +119,21 @@ class Parking:
             log.info("pipeline %s: took over %d parked tasks", self.pipeline.name, claimed)
         self.counts = Counter(await self.store.parked_counts(self.pipeline.name, owner=self.owner))
         self._cursor.clear()
+        self._spill_parked()
+
+    def _spill_parked(self) -> None:
+        """Tenants with parked rows (from before a restart, or taken over) spill: their
+        new arrivals queue behind those rows, so that none overtakes an older message of
+        its key. They stop spilling once the rows are worked off (``refill``)."""
+        for tenant in self.counts:
+            if tenant not in self.spilling:
+                self.spilling.add(tenant)
+                log.info(
+                    "pipeline %s: tenant %s has %d parked rows: its new messages queue behind",
+                    self.pipeline.name,
+                    tenant,
+                    self.counts[tenant],
+                )
 
     async def keep_leases(self) -> None:
         now = time.time()
@@ -131,6 +146,7 @@ class Parking:
             self.counts = Counter(
                 await self.store.parked_counts(self.pipeline.name, owner=self.owner)
             )
+            self._spill_parked()
 
     def _row(self, task: Task) -> Parked:
         delivery = task.deliveries[0]

@@ -157,7 +157,8 @@ async def test_parked_references_survive_a_restart_and_run_in_order(
     """Tenant A fails, is isolated and spills: first its waiting tasks (copied), then its
     new arrivals (by reference). Every partition is committed to the end while A still
     fails. The bridge stops with the rows parked; restarted with A healthy, it reads the
-    references back and runs every message of A once more, in order per key."""
+    references back and runs every message of A once more, in order per key, with the
+    messages that arrive after the restart behind them."""
     partitions, keys = 2, 3
     topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
     results = await asyncio.to_thread(tansu.create_topic, tansu.unique("results"), partitions)
@@ -210,16 +211,20 @@ async def test_parked_references_survive_a_restart_and_run_in_order(
     assert kinds.get(1, 0) >= 1, kinds  # rows of references...
     assert kinds.get(0, 0) >= 1, kinds  # ...after the copied tasks
 
-    broken = False
     await start(bridge)
-    await eventually(lambda: len({c.event_id for c in succeeded}) >= 360, 90, "all of A")
+    # new messages of A arriving while its old ones are still parked (A still fails, so
+    # only a few are loaded back) queue behind them
+    await asyncio.to_thread(tansu.produce, topic, tenant_records("A", 360, 30, keys))
+    await asyncio.sleep(2.0)
+    broken = False
+    await eventually(lambda: len({c.event_id for c in succeeded}) >= 390, 90, "all of A")
     assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
     # none lost, each once, in order per key
-    assert len({c.event_id for c in succeeded}) == 360
+    assert len({c.event_id for c in succeeded}) == 390
     by_key: dict[str, list[int]] = {}
     for call in succeeded:
         by_key.setdefault(str(call.key), []).append(call.data["seq"])
-    assert by_key == {f"A{k}": list(range(120)) for k in range(keys)}
+    assert by_key == {f"A{k}": list(range(130)) for k in range(keys)}
     # and nothing was left parked
     with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
         assert db.execute("SELECT count(*) FROM parked").fetchone() == (0,)
