@@ -48,6 +48,8 @@ REFERENCE = "ref:"
 """How the ``task_id`` of a row that holds source references, not a message, starts."""
 RUN = 256
 """Most references one row holds (consecutive arrivals of one tenant and partition)."""
+WARN_EVERY = 10.0
+"""Seconds between two warnings that parked references cannot be read back."""
 MAX_WRITES = 2
 """Parking writes the receive loop may leave pending before it waits for one."""
 READING_PAST = 0.1
@@ -105,6 +107,7 @@ class Parking:
         """The source, when spilling tenants' arrivals are parked as references."""
         self.by_reference: set[str] = set()
         """Spilling tenants whose arrivals were parked as references."""
+        self._reread_warned = -WARN_EVERY
         self._writes: deque[asyncio.Task[None]] = deque()
         """Pending parking writes, oldest first."""
         self._arriving: dict[str, float] = {}
@@ -435,11 +438,16 @@ class Parking:
                 )
             messages = await source.reread(references)
         except ConnectorError as exc:
-            log.warning(
-                "pipeline %s: reading spilled messages back from the source: %s (will retry)",
-                self.pipeline.name,
-                exc,
-            )
+            now = time.monotonic()
+            if now - self._reread_warned > WARN_EVERY:  # refill tries again every 20 ms
+                self._reread_warned = now
+                log.warning(
+                    "pipeline %s: reading spilled messages back from the source: %s "
+                    "(retrying; this is logged at most every %.0fs)",
+                    self.pipeline.name,
+                    exc,
+                    WARN_EVERY,
+                )
             first = next(i for i, r in enumerate(rows) if r.task_id.startswith(REFERENCE))
             return rows[:first], {}
         name = self.pipeline.name
