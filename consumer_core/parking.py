@@ -82,6 +82,32 @@ class ParkedDelivery(Delivery):
         """The row stays; it is loaded again after a restart."""
 
 
+class AnchoredDelivery(Delivery):
+    """Stands in for a source message that was settled once its task was anchored in
+    the store (``Parking.anchor``): settling it does nothing (the row is deleted when it
+    is loaded back and joins the task, or finds it finished)."""
+
+    __slots__ = ()
+
+    def __init__(self, original: Delivery) -> None:
+        super().__init__(
+            event=original.event,
+            event_id=original.event_id,
+            raw=original.raw,
+            key=original.key,
+            partition=original.partition,
+            headers=original.headers,
+            attributes=original.attributes,
+        )
+        self.received_at = original.received_at
+
+    async def _ack(self) -> None:
+        return None
+
+    async def _nack(self, delay: float | None) -> None:
+        return None
+
+
 class Parking:
     def __init__(self, pipeline: Pipeline, owner: str) -> None:
         self.pipeline = pipeline
@@ -185,6 +211,46 @@ class Parking:
         if task.retry_handle is not None or len(task.deliveries) != 1:
             return None
         return self.rereads.position(task.deliveries[0])
+
+    @staticmethod
+    def is_parked(delivery: Delivery) -> bool:
+        """Whether ``delivery`` is a row of the store rather than a source message."""
+        return isinstance(delivery, ParkedDelivery | AnchoredDelivery)
+
+    async def anchor(self, tasks: Sequence[Task]) -> None:
+        """Write copies of ``tasks``, which stay in memory (retrying), then settle their
+        source messages, so they hold back no commit. The copy is loaded back like any
+        parked row: while the task is still live it joins it (and is deleted with it);
+        once the task finished it is deleted unrun."""
+        if not tasks:
+            return
+        rows = [self._row(task) for task in tasks]
+        for row in rows:
+            self.counts[row.tenant] += 1
+        previous = self._writes[-1] if self._writes else None
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            await self.store.park(rows, owner=self.owner, lease_until=time.time() + LEASE)
+        except BaseException:
+            for row in rows:
+                self.counts[row.tenant] -= 1
+            raise
+        for task in tasks:
+            kept: list[Delivery] = []
+            for delivery in task.deliveries:
+                if self.is_parked(delivery):
+                    kept.append(delivery)
+                else:
+                    await delivery.ack()
+                    kept.append(AnchoredDelivery(delivery))
+            task.deliveries = kept
+        log.info(
+            "pipeline %s: %d retrying tasks of tenant %s anchored in the store",
+            self.pipeline.name,
+            len(tasks),
+            tasks[0].record.tenant,
+        )
 
     async def park_arrivals(
         self, items: Sequence[Task | Delivery | _Reread], *, wait: bool = True

@@ -102,6 +102,7 @@ class Tenancy:
         horizon = time.time() - SPILL_WAIT
         for tenant, lane in list(p.lanes.items()):
             if tenant in p.parking.spilling:
+                await p.parking.anchor(self._holding_source(tenant))
                 continue
             waiting = p.tenant_live[tenant] - p.tenant_inflight[tenant]
             if waiting <= 0:
@@ -117,6 +118,21 @@ class Tenancy:
                 len(tasks),
             )
             await p.parking.park(tasks)
+
+    def _holding_source(self, tenant: str) -> list[Task]:
+        """Tasks of a spilling tenant that wait for a retry while still holding their
+        source message: they were running when the tenant began to spill. Parking them
+        would let tasks behind their key overtake them, so they are anchored instead."""
+        p = self.pipeline
+        return [
+            t
+            for t in p.live.values()
+            if t.record.tenant == tenant
+            and t.retry_handle is not None
+            and not t.cancelled
+            and t.record.id not in p.parking.parking_ids
+            and any(d.settled is None and not p.parking.is_parked(d) for d in t.deliveries)
+        ]
 
     def _waited_since(self, tenant: str, horizon: float) -> bool:
         """Whether a waiting task of ``tenant`` was received before ``horizon``."""

@@ -228,3 +228,62 @@ async def test_parked_references_survive_a_restart_and_run_in_order(
     # and nothing was left parked
     with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
         assert db.execute("SELECT count(*) FROM parked").fetchone() == (0,)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_tasks_running_when_their_tenant_spills_do_not_hold_back_commits(
+    tansu: Tansu,
+    function_server: Callable[..., FunctionServer],
+    bridge_process: Callable[..., BridgeProcess],
+) -> None:
+    """A's calls take a second and then fail, so when A spills, the head task of every
+    key of A is running. When those fail they wait for a retry still holding their
+    Kafka messages: they are anchored in the store, so every partition commits to the
+    end while A keeps failing. After A recovers everything runs, in order per key."""
+    partitions, keys = 2, 3
+    topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
+    results = await asyncio.to_thread(tansu.create_topic, tansu.unique("results"), partitions)
+    group = tansu.unique("group")
+    broken = True
+    succeeded: list[Call] = []
+
+    def behaviour(call: Call) -> Reply:
+        if call.key is not None and call.key.startswith("A") and broken:
+            return Reply(503, {"error": "down"}, delay=1.0)
+        if call.key is not None and call.key.startswith("A"):
+            succeeded.append(call)
+        return Reply(200, {"ok": True})
+
+    fn = await function_server(behaviour).start()
+    config = pipeline_config(
+        tansu=tansu,
+        name="mt",
+        topic=topic,
+        group=group,
+        function_url=fn.url,
+        results=results,
+        retry="{max_attempts: 10000, initial_backoff: 50ms, max_backoff: 100ms, max_age: 1h}",
+        shutdown_timeout="2s",
+    )
+    config += (
+        "    tenant: {from: header, name: x-tenant}\n"
+        "    isolation: {enabled: true, window: 5s, min_samples: 3, spill_after: 20,"
+        " idle_reclaim: 2s}\n"
+    )
+    bridge = bridge_process(config)
+    records = tenant_records("B", 0, 20, keys) + tenant_records("A", 0, 90, keys)
+    produced = await asyncio.to_thread(tansu.produce, topic, records)
+    await start(bridge)
+    want = {p: produced.counts.get(p, 0) for p in range(partitions)}
+    await committed_equals(tansu, group, topic, partitions, want, timeout=40)
+    assert "anchored in the store" in bridge.log()
+    assert not succeeded
+
+    broken = False
+    await eventually(lambda: len({c.event_id for c in succeeded}) >= 90, 60, "all of A")
+    assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
+    by_key: dict[str, list[int]] = {}
+    for call in succeeded:
+        by_key.setdefault(str(call.key), []).append(call.data["seq"])
+    assert by_key == {f"A{k}": list(range(30)) for k in range(keys)}
