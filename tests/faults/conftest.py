@@ -22,7 +22,6 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,8 @@ import pytest
 from tests.faults.report import Row, render
 from tests.integration.kafka.tansu import Tansu, tansu_binary
 from tests.integration.rabbitmq.conftest import Broker, rabbitmqctl
-from tests.support.moto import running_moto
+from tests.support.moto import CREDENTIALS, REGION, MotoServer, running_moto
 from tests.support.net import free_port, wait_for_port
-
-REGION = "us-east-1"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 ROWS = pytest.StashKey[list[Row]]()
 REPORT = pytest.StashKey[Path]()
@@ -73,21 +69,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 # --------------------------------------------------------------------------- moto
 
 
-@dataclass
-class Moto:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    @property
-    def env(self) -> dict[str, str]:
-        """Environment for a bridge process: test credentials, no real AWS lookups."""
-        return {
-            **CREDENTIALS,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        }
+class Moto(MotoServer):
+    """The session's moto server, with blocking clients for the fault tests."""
 
     def client(self, service: str) -> object:
         return boto3.client(

@@ -10,38 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from aiobotocore.session import get_session
 
 from tests.support.bridge import BridgeProcess
-from tests.support.moto import running_moto
-
-REGION = "us-east-1"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-@dataclass
-class MotoServer:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    @property
-    def env(self) -> dict[str, str]:
-        """Environment for a bridge process: test credentials, no real AWS lookups."""
-        return {
-            **CREDENTIALS,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        }
+from tests.support.moto import CREDENTIALS, REGION, MotoServer, running_moto
 
 
 @pytest.fixture(scope="session")
