@@ -147,6 +147,72 @@ def tenant_records(tenant: str, start: int, count: int, keys: int) -> list[Any]:
     return records
 
 
+class FailingA:
+    """The function for the end-to-end tests: every call of tenant A fails (503, after
+    ``delay`` seconds) while ``broken``; A's successful calls are kept in order."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.broken = True
+        self.delay = delay
+        self.succeeded: list[Call] = []
+
+    def __call__(self, call: Call) -> Reply:
+        if call.key is not None and call.key.startswith("A") and self.broken:
+            return Reply(503, {"error": "down"}, delay=self.delay)
+        if call.key is not None and call.key.startswith("A"):
+            self.succeeded.append(call)
+        return Reply(200, {"ok": True})
+
+    def done(self) -> int:
+        return len({c.event_id for c in self.succeeded})
+
+    def seqs_by_key(self) -> dict[str, list[int]]:
+        by_key: dict[str, list[int]] = {}
+        for call in self.succeeded:
+            by_key.setdefault(str(call.key), []).append(call.data["seq"])
+        return by_key
+
+
+async def isolating_bridge(
+    tansu: Tansu,
+    function_server: Callable[..., FunctionServer],
+    bridge_process: Callable[..., BridgeProcess],
+    function: FailingA,
+    *,
+    topic: str,
+    group: str,
+    max_backoff: str,
+    min_samples: int,
+) -> BridgeProcess:
+    """A Kafka pipeline with tenants from ``x-tenant`` and isolation on (spilling after
+    20 waiting tasks), calling ``function``."""
+    results = await asyncio.to_thread(tansu.create_topic, tansu.unique("results"), 2)
+    fn = await function_server(function).start()
+    config = pipeline_config(
+        tansu=tansu,
+        name="mt",
+        topic=topic,
+        group=group,
+        function_url=fn.url,
+        results=results,
+        retry=(
+            f"{{max_attempts: 10000, initial_backoff: 50ms, max_backoff: {max_backoff},"
+            " max_age: 1h}"
+        ),
+        shutdown_timeout="2s",
+    )
+    config += (
+        "    tenant: {from: header, name: x-tenant}\n"
+        f"    isolation: {{enabled: true, window: 5s, min_samples: {min_samples},"
+        " spill_after: 20, idle_reclaim: 2s}\n"
+    )
+    return bridge_process(config)
+
+
+def counts(partitions: int, *produced: Any) -> dict[int, int]:
+    return {p: sum(x.counts.get(p, 0) for x in produced) for p in range(partitions)}
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 async def test_parked_references_survive_a_restart_and_run_in_order(
@@ -161,35 +227,12 @@ async def test_parked_references_survive_a_restart_and_run_in_order(
     messages that arrive after the restart behind them."""
     partitions, keys = 2, 3
     topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
-    results = await asyncio.to_thread(tansu.create_topic, tansu.unique("results"), partitions)
     group = tansu.unique("group")
-    broken = True
-    succeeded: list[Call] = []
-
-    def behaviour(call: Call) -> Reply:
-        if call.key is not None and call.key.startswith("A") and broken:
-            return Reply(503, {"error": "down"})
-        if call.key is not None and call.key.startswith("A"):
-            succeeded.append(call)
-        return Reply(200, {"ok": True})
-
-    fn = await function_server(behaviour).start()
-    config = pipeline_config(
-        tansu=tansu,
-        name="mt",
-        topic=topic,
-        group=group,
-        function_url=fn.url,
-        results=results,
-        retry="{max_attempts: 10000, initial_backoff: 50ms, max_backoff: 200ms, max_age: 1h}",
-        shutdown_timeout="2s",
-    )
-    config += (
-        "    tenant: {from: header, name: x-tenant}\n"
-        "    isolation: {enabled: true, window: 5s, min_samples: 5, spill_after: 20,"
-        " idle_reclaim: 2s}\n"
-    )
-    bridge = bridge_process(config)
+    fn = FailingA()
+    bridge = await isolating_bridge(
+        tansu, function_server, bridge_process, fn,
+        topic=topic, group=group, max_backoff="200ms", min_samples=5,
+    )  # fmt: skip
     first = tenant_records("B", 0, 20, keys) + tenant_records("A", 0, 60, keys)
     produced = await asyncio.to_thread(tansu.produce, topic, first)
     await start(bridge)
@@ -197,10 +240,10 @@ async def test_parked_references_survive_a_restart_and_run_in_order(
     # A's later arrivals come while it spills: parked as references
     more = await asyncio.to_thread(tansu.produce, topic, tenant_records("A", 60, 300, keys))
     await eventually(lambda: "spills by reference" in bridge.log(), 30, "spill by reference")
-    want = {p: produced.counts.get(p, 0) + more.counts.get(p, 0) for p in range(partitions)}
+    want = counts(partitions, produced, more)
     await committed_equals(tansu, group, topic, partitions, want, timeout=30)
     assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
-    assert not succeeded
+    assert not fn.succeeded
 
     with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
         kinds = dict(
@@ -213,18 +256,16 @@ async def test_parked_references_survive_a_restart_and_run_in_order(
 
     await start(bridge)
     # new messages of A arriving while its old ones are still parked (A still fails, so
-    # only a few are loaded back) queue behind them
-    await asyncio.to_thread(tansu.produce, topic, tenant_records("A", 360, 30, keys))
-    await asyncio.sleep(2.0)
-    broken = False
-    await eventually(lambda: len({c.event_id for c in succeeded}) >= 390, 90, "all of A")
+    # only a few are loaded back) queue behind them: parked too, so committed
+    later = await asyncio.to_thread(tansu.produce, topic, tenant_records("A", 360, 30, keys))
+    want = counts(partitions, produced, more, later)
+    await committed_equals(tansu, group, topic, partitions, want, timeout=30)
+    fn.broken = False
+    await eventually(lambda: fn.done() >= 390, 90, "all of A")
     assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
     # none lost, each once, in order per key
-    assert len({c.event_id for c in succeeded}) == 390
-    by_key: dict[str, list[int]] = {}
-    for call in succeeded:
-        by_key.setdefault(str(call.key), []).append(call.data["seq"])
-    assert by_key == {f"A{k}": list(range(130)) for k in range(keys)}
+    assert fn.done() == 390
+    assert fn.seqs_by_key() == {f"A{k}": list(range(130)) for k in range(keys)}
     # and nothing was left parked
     with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
         assert db.execute("SELECT count(*) FROM parked").fetchone() == (0,)
@@ -243,47 +284,22 @@ async def test_tasks_running_when_their_tenant_spills_do_not_hold_back_commits(
     end while A keeps failing. After A recovers everything runs, in order per key."""
     partitions, keys = 2, 3
     topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
-    results = await asyncio.to_thread(tansu.create_topic, tansu.unique("results"), partitions)
     group = tansu.unique("group")
-    broken = True
-    succeeded: list[Call] = []
-
-    def behaviour(call: Call) -> Reply:
-        if call.key is not None and call.key.startswith("A") and broken:
-            return Reply(503, {"error": "down"}, delay=1.0)
-        if call.key is not None and call.key.startswith("A"):
-            succeeded.append(call)
-        return Reply(200, {"ok": True})
-
-    fn = await function_server(behaviour).start()
-    config = pipeline_config(
-        tansu=tansu,
-        name="mt",
-        topic=topic,
-        group=group,
-        function_url=fn.url,
-        results=results,
-        retry="{max_attempts: 10000, initial_backoff: 50ms, max_backoff: 100ms, max_age: 1h}",
-        shutdown_timeout="2s",
-    )
-    config += (
-        "    tenant: {from: header, name: x-tenant}\n"
-        "    isolation: {enabled: true, window: 5s, min_samples: 3, spill_after: 20,"
-        " idle_reclaim: 2s}\n"
-    )
-    bridge = bridge_process(config)
+    fn = FailingA(delay=1.0)
+    bridge = await isolating_bridge(
+        tansu, function_server, bridge_process, fn,
+        topic=topic, group=group, max_backoff="100ms", min_samples=3,
+    )  # fmt: skip
     records = tenant_records("B", 0, 20, keys) + tenant_records("A", 0, 90, keys)
     produced = await asyncio.to_thread(tansu.produce, topic, records)
     await start(bridge)
-    want = {p: produced.counts.get(p, 0) for p in range(partitions)}
-    await committed_equals(tansu, group, topic, partitions, want, timeout=40)
+    await committed_equals(
+        tansu, group, topic, partitions, counts(partitions, produced), timeout=40
+    )
     assert "anchored in the store" in bridge.log()
-    assert not succeeded
+    assert not fn.succeeded
 
-    broken = False
-    await eventually(lambda: len({c.event_id for c in succeeded}) >= 90, 60, "all of A")
+    fn.broken = False
+    await eventually(lambda: fn.done() >= 90, 60, "all of A")
     assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
-    by_key: dict[str, list[int]] = {}
-    for call in succeeded:
-        by_key.setdefault(str(call.key), []).append(call.data["seq"])
-    assert by_key == {f"A{k}": list(range(30)) for k in range(keys)}
+    assert fn.seqs_by_key() == {f"A{k}": list(range(30)) for k in range(keys)}
