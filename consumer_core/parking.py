@@ -454,7 +454,8 @@ class Parking:
         pipeline = self.pipeline
         last = 0
         finished = await self.store.finished([r.task_id for r in rows], since=0.0)
-        rows, reread = await self._reread(rows)
+        held = {row.seq: _references(row) for row in rows}
+        rows, reread = await self._reread(rows, held)
         for row in rows:
             if row.task_id in self.parking_ids:
                 break
@@ -463,7 +464,7 @@ class Parking:
                 await self.unpark(row.seq, row.tenant)
                 continue
             if row.task_id.startswith(REFERENCE):
-                await self._load_references(row, reread)
+                await self._load_references(row, *held[row.seq], reread)
                 continue
             record = TaskRecord.from_json(json.loads(row.record))
             event = from_stored(row.attributes, row.data)
@@ -488,11 +489,12 @@ class Parking:
         return last
 
     async def _reread(
-        self, rows: Sequence[Parked]
+        self, rows: Sequence[Parked], held: dict[int, tuple[float, list[str]]]
     ) -> tuple[Sequence[Parked], dict[str, tuple[Delivery, bool]]]:
-        """Read the messages of reference rows back from the source: the rows that can be
-        loaded now and, by reference, each message found and whether it already ran."""
-        references = [ref for row in rows for ref in _references(row)]
+        """Read the messages of reference rows (``held``: by row ``seq``) back from the
+        source: the rows that can be loaded now and, by reference, each message found and
+        whether it already ran."""
+        references = [ref for _, refs in held.values() for ref in refs]
         if not references:
             return rows, {}
         source = self.pipeline.source
@@ -521,9 +523,13 @@ class Parking:
         done = await self.store.finished(list(ids.values()), since=0.0)
         return rows, {ref: (m, ids[ref] in done) for ref, m in messages.items()}
 
-    async def _load_references(self, row: Parked, reread: dict[str, tuple[Delivery, bool]]) -> None:
-        received = float(loads(row.record).get("received") or time.time())
-        references = _references(row)
+    async def _load_references(
+        self,
+        row: Parked,
+        received: float,
+        references: list[str],
+        reread: dict[str, tuple[Delivery, bool]],
+    ) -> None:
         left = [len(references)]
         for reference in references:
             delivery = ParkedDelivery(
@@ -585,12 +591,15 @@ class Parking:
                 pipeline._enqueue(admitted)
 
 
-def _references(row: Parked) -> list[str]:
-    """The source references a row holds (none for a row that holds its message)."""
+def _references(row: Parked) -> tuple[float, list[str]]:
+    """When a row of references was parked and the references it holds (none for a row
+    that holds its message)."""
     if not row.task_id.startswith(REFERENCE):
-        return []
+        return 0.0, []
+    contents = loads(row.record)
     prefix = row.task_id[len(REFERENCE) :].rpartition("/")[0]
-    return [f"{prefix}/{offset}" for offset in loads(row.record)["offsets"]]
+    received = float(contents.get("received") or time.time())
+    return received, [f"{prefix}/{offset}" for offset in contents["offsets"]]
 
 
 def _size(row: Parked) -> int:
