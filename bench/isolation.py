@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -93,6 +94,8 @@ class Outcome:
     reclaimed: bool | None
     seconds: float
     notes: list[str] = field(default_factory=list)
+    floor_p99_ms: float | None = None
+    """B..K's p99 at a plain consumer of the same topic (``--floor``): the broker's share."""
 
 
 class Harness:
@@ -262,6 +265,29 @@ async def _produce(
     feed.flush()
 
 
+def _floor_reader(bootstrap: str, topic: str) -> subprocess.Popen[str]:
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "bench.floor_reader", bootstrap, topic, str(PARTITIONS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout is not None
+    reader.stdout.readline()  # "ready": assigned
+    return reader
+
+
+def _floor_p99(reader: subprocess.Popen[str], feed: Feed) -> float | None:
+    """Stop ``reader``; B..K's p99 from send to arrival there (ms)."""
+    arrived = json.loads(reader.communicate("stop\n", timeout=60)[0])
+    latencies = sorted(
+        (arrived[m] - sent) * 1000
+        for m, sent in feed.sent.items()
+        if feed.tenant_of[m] != "A" and m in arrived
+    )
+    return latencies[int(len(latencies) * 0.99) - 1] if latencies else None
+
+
 async def _reclaimed(port: int, seconds: float) -> bool:
     deadline = time.time() + seconds
     while True:
@@ -306,6 +332,7 @@ async def run_scenario(
     outage: float = 8.0,
     work: Path,
     dump: Path | None = None,
+    floor: bool = False,
 ) -> Outcome:
     harness = Harness()
     await harness.start()
@@ -337,6 +364,7 @@ async def run_scenario(
         await _until(harness, lambda: bool(harness.results), 60)
         feed.sent.clear()  # the warm-up message is not part of the run
         feed.tenant_of.clear()
+        reader = await asyncio.to_thread(_floor_reader, bootstrap, topic) if floor else None
         started = time.time()
         trouble_until = started + outage
         harness.behaviour = _behaviour(scenario, trouble_until)
@@ -370,6 +398,8 @@ async def run_scenario(
         outcome = _outcome(
             scenario, isolation, feed, harness, started=started, produced_until=produced_until
         )
+        if reader is not None:
+            outcome.floor_p99_ms = await asyncio.to_thread(_floor_p99, reader, feed)
         if feed.refused:
             reasons = sorted(set(feed.refused.values()))[:3]
             outcome.notes.append(f"the broker refused {len(feed.refused)} messages: {reasons}")
@@ -407,6 +437,10 @@ def table(outcomes: list[Outcome]) -> str:
         "baseline | A done | lost | commits advanced while A stuck | A reclaimed |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
+    floors = any(o.floor_p99_ms is not None for o in outcomes)
+    if floors:
+        rows[0] += " B..K p99 at a plain consumer ms |"
+        rows[1] += "---:|"
     for o in outcomes:
         ref = base.get(o.isolation) or base.get(True) or o
         rows.append(
@@ -414,6 +448,7 @@ def table(outcomes: list[Outcome]) -> str:
             f"{o.good_throughput / ref.good_throughput:.0%} | {o.good_p50_ms:.0f} | "
             f"{o.good_p99_ms:.0f} | {o.good_p99_ms / ref.good_p99_ms:.1f}x | "
             f"{o.a_done}/{o.a_sent} | {o.lost} | {_yes(o.commits_advanced)} | {_yes(o.reclaimed)} |"
+            + (f" {o.floor_p99_ms or 0:.0f} |" if floors else "")
         )
     return "\n".join(rows)
 
@@ -443,6 +478,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     outage=args.outage,
                     work=folder,
                     dump=args.dump,
+                    floor=args.floor,
                 )
                 outcomes.append(outcome)
                 print(f"{scenario} isolation={isolation}: {outcome}", flush=True)
@@ -463,6 +499,12 @@ def main() -> None:
         type=Path,
         help="append every message's scenario, isolation, tenant, send time (s from the "
         "start), latency (ms; empty if lost) and id to this CSV file",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also read the topic with a plain consumer in its own process and show B..K's "
+        "p99 there: how long the broker itself takes to make their records readable",
     )
     parser.add_argument(
         "--scenarios",

@@ -112,6 +112,7 @@ def plan(bench: Bench) -> dict[str, Callable[[], Row]]:
             Row(name="bridge Kafka batch", kind="bridge", ceiling=raw, note="100 per POST"),
             bridge("batch"),
             n=s.messages,
+            profile=bench.take_profile(),
         ),
         "embedded": lambda: embedded_row(bench),
         "rabbitmq": lambda: rabbitmq_row(bench),
@@ -218,7 +219,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak", action="store_true", help="5M backlog, 10-minute RSS soak")
     parser.add_argument("--install", action="store_true", help="pip/apt-install what is missing")
     parser.add_argument("--only", default="", help="comma-separated row keys (see plan())")
-    parser.add_argument("--profile", help="py-spy raw output of the bridge Kafka binary row")
+    parser.add_argument(
+        "--profile", help="py-spy raw output of the first bridge Kafka row (binary or batch)"
+    )
     parser.add_argument("--amqp", default=AMQP, help="RabbitMQ URL")
     return parser.parse_args()
 
