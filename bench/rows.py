@@ -86,6 +86,7 @@ class Bench:
     fn: subprocess.Popen[bytes]
     url: str
     work: Path
+    broker: subprocess.Popen[bytes] | None = None
 
     def take_profile(self) -> str | None:
         """The ``--profile`` path the first time, then ``None`` (one profile per run)."""
@@ -208,7 +209,18 @@ def _drain_and_pace(
     if row.per_s and bench.scale.latency_seconds > 0:
         rate = min(row.per_s / 2, LATENCY_CAP)
         seconds = bench.scale.latency_seconds
+        before = {"broker": _cpu(bench.broker), "system": cpu_seconds(proc.pid)}
+        started = time.monotonic()
         feeder.paced(rate, seconds)
+        spent = time.monotonic() - started
+        shares = {k: (_cpu(bench.broker) if k == "broker" else cpu_seconds(proc.pid)) - v
+                  for k, v in before.items()}  # fmt: skip
+        if bench.broker is not None:
+            row = replace(
+                row,
+                note=f"{row.note}; CPU while paced: broker {shares['broker'] / spent:.0%}, "
+                f"this system {shares['system'] / spent:.0%} of a core",
+            )
         expected = n + int(rate * seconds)
         wait_results(results, expected, proc, 60 + expected / rate, logs)
         latencies = [
@@ -220,6 +232,10 @@ def _drain_and_pace(
             q = statistics.quantiles(latencies, n=100)
             row = replace(row, p50_ms=q[49], p99_ms=q[98], latency_rate=rate)
     return replace(row, rss_mb=rss_mb(proc.pid)), paced_at
+
+
+def _cpu(proc: subprocess.Popen[bytes] | None) -> float:
+    return 0.0 if proc is None else cpu_seconds(proc.pid)
 
 
 def in_bridge(row: Row, db: Path, since: float) -> Row:

@@ -270,7 +270,7 @@ def main() -> None:
         work = Path(tmp)
         broker, bootstrap = start_tansu(work / "tansu.log")
         fn, url = function_server()
-        bench = Bench(args, scale, bootstrap, fn, url, work)
+        bench = Bench(args, scale, bootstrap, fn, url, work, broker)
         try:
             known = list(plan(bench))
             chosen = [k for k in args.only.split(",") if k] or known

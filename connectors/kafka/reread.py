@@ -11,7 +11,10 @@ the rest (other tenants' messages, already processed).
 A wanted offset the partition no longer has (retention deleted its segment, or
 compaction removed the record) is reported missing: the consumer starts at the
 earliest offset there is (``auto.offset.reset=earliest``), so the first record it gets
-lies past it. Spilling by reference therefore needs the topic's retention to outlast
+lies past it. A broker that answers a fetch past a partition's end with no error (tansu
+does, after a topic was re-created) gives no such sign: there, a partition that sent
+nothing for ``QUIET`` seconds and whose end (as last fetched) is at or below a wanted
+offset has lost that offset. Spilling by reference therefore needs the topic's retention to outlast
 the tenant's backlog; see docs/isolation.md.
 
 All calls on the consumer run on one dedicated thread, like ``ConsumerClient``'s.
@@ -37,6 +40,9 @@ __all__ = ["Rereader", "parse_reference", "reference"]
 
 FETCH_TIMEOUT: Final = 10.0
 """Seconds a fetch may take before it gives up (the core tries again later)."""
+QUIET: Final = 5.0
+"""Seconds without a record from a partition after which its end is looked at: wanted
+offsets at or past it are gone (the partition was truncated or the topic re-created)."""
 BATCH: Final = 1000
 
 _DROPPED_SETTINGS: Final = frozenset(
@@ -123,44 +129,70 @@ class Rereader:
         found: dict[tuple[TopicPartition, int], Message[Any, Any]] = {}
         with map_kafka_errors("re-reading spilled messages"):
             consumer.assign([_TP(t, p, o[0]) for (t, p), o in remaining.items()])
-        deadline = time.monotonic() + FETCH_TIMEOUT
+        started = time.monotonic()
+        heard = dict.fromkeys(remaining, started)  # last record (or end) per partition
         try:
             while remaining:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > started + FETCH_TIMEOUT:
                     raise NotConnected(
                         f"re-reading {sum(map(len, remaining.values()))} spilled messages "
                         f"from {sorted(remaining)} took over {FETCH_TIMEOUT:.0f}s"
                     )
                 with map_kafka_errors("re-reading spilled messages"):
-                    messages = consumer.consume(BATCH, 0.1)
+                    messages = consumer.consume(BATCH, 0) or consumer.consume(1, 0.1)
                 for message in messages:
-                    _collect(message, remaining, found)
+                    source = _collect(message, remaining, found)
+                    if source is not None:
+                        heard[source] = now
+                for quiet in [tp for tp in remaining if now - heard[tp] > QUIET]:
+                    heard[quiet] = now
+                    _past_the_end(consumer, quiet, remaining)
         finally:
             with map_kafka_errors("re-reading spilled messages"):
                 consumer.unassign()
         return found
 
 
+def _past_the_end(
+    consumer: Consumer, tp: TopicPartition, remaining: dict[TopicPartition, deque[int]]
+) -> None:
+    """Drop the wanted offsets of ``tp`` at or past its end, as last fetched.
+
+    A referenced record was below the end when it was read, and a partition's end only
+    moves back when it is truncated or its topic is re-created, so those records are
+    gone. Brokers that answer a fetch past the end with an out-of-range error make the
+    consumer start over at the earliest offset and report the end (``_collect``); others
+    (tansu) answer with nothing, and only the fetched end tells."""
+    _low, high = consumer.get_watermark_offsets(_TP(*tp), cached=True)
+    offsets = remaining[tp]
+    if high is None or high < 0 or not offsets or offsets[0] < high:
+        return
+    offsets.clear()
+    del remaining[tp]
+
+
 def _collect(
     message: Message[Any, Any],
     remaining: dict[TopicPartition, deque[int]],
     found: dict[tuple[TopicPartition, int], Message[Any, Any]],
-) -> None:
-    """Keep ``message`` if it is wanted; drop the wanted offsets it shows are gone."""
+) -> TopicPartition | None:
+    """Keep ``message`` if it is wanted; drop the wanted offsets it shows are gone.
+    Returns the partition it came from when that is still being read."""
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     if topic is None or partition is None:
-        return
+        return None
     tp = (topic, partition)
     offsets = remaining.get(tp)
     if offsets is None:
-        return
+        return None
     error = message.error()
     if error is not None:
         if error.code() == KafkaError._PARTITION_EOF:
             del remaining[tp]  # nothing more to read: what is still wanted is not there
-        return
+        return None
     if offset is None:
-        return
+        return tp
     while offsets and offsets[0] < offset:
         offsets.popleft()  # the partition skipped it: gone
     if offsets and offsets[0] == offset:
@@ -168,3 +200,4 @@ def _collect(
         offsets.popleft()
     if not offsets:
         del remaining[tp]
+    return tp

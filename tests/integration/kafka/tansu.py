@@ -185,6 +185,14 @@ class Tansu:
             consumer.close()
         return records
 
+    def recreate_topic(self, name: str, partitions: int) -> None:
+        """Delete ``name`` and create it again, empty: every offset it had is gone (as
+        after retention removed a record, which this broker cannot be made to do)."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        for future in admin.delete_topics([name]).values():
+            future.result(30)
+        self.create_topic(name, partitions)
+
     def committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
         """The group's committed offset per partition (partitions without one left out)."""
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})

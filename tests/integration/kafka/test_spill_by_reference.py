@@ -183,6 +183,7 @@ async def isolating_bridge(
     group: str,
     max_backoff: str,
     min_samples: int,
+    failures: str | None = None,
 ) -> BridgeProcess:
     """A Kafka pipeline with tenants from ``x-tenant`` and isolation on (spilling after
     20 waiting tasks), calling ``function``."""
@@ -195,6 +196,7 @@ async def isolating_bridge(
         group=group,
         function_url=fn.url,
         results=results,
+        failures=failures,
         retry=(
             f"{{max_attempts: 10000, initial_backoff: 50ms, max_backoff: {max_backoff},"
             " max_age: 1h}"
@@ -303,3 +305,64 @@ async def test_tasks_running_when_their_tenant_spills_do_not_hold_back_commits(
     await eventually(lambda: fn.done() >= 90, 60, "all of A")
     assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
     assert fn.seqs_by_key() == {f"A{k}": list(range(30)) for k in range(keys)}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+async def test_a_spilled_message_its_topic_no_longer_has_fails_as_expired(
+    tansu: Tansu,
+    function_server: Callable[..., FunctionServer],
+    bridge_process: Callable[..., BridgeProcess],
+) -> None:
+    """Rows of references whose records are gone when their turn comes (here the topic
+    was deleted and created again while the bridge was stopped; in production, retention
+    ran out first): each such task fails as ``expired``, naming its reference, and its
+    failure reaches ``on_failure``. The copied rows still run, and nothing stays parked."""
+    partitions, keys = 2, 3
+    topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
+    failures = await asyncio.to_thread(tansu.create_topic, tansu.unique("failures"), 1)
+    group = tansu.unique("group")
+    fn = FailingA()
+    bridge = await isolating_bridge(
+        tansu, function_server, bridge_process, fn,
+        topic=topic, group=group, max_backoff="200ms", min_samples=5, failures=failures,
+    )  # fmt: skip
+    first = tenant_records("B", 0, 20, keys) + tenant_records("A", 0, 60, keys)
+    produced = await asyncio.to_thread(tansu.produce, topic, first)
+    await start(bridge)
+    await eventually(lambda: "tenant A spills" in bridge.log(), 60, "A spilling")
+    more = await asyncio.to_thread(tansu.produce, topic, tenant_records("A", 60, 300, keys))
+    await eventually(lambda: "spills by reference" in bridge.log(), 30, "spill by reference")
+    want = counts(partitions, produced, more)
+    await committed_equals(tansu, group, topic, partitions, want, timeout=30)
+    assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
+
+    with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
+        rows = db.execute("SELECT task_id, record FROM parked WHERE tenant = 'A'").fetchall()
+    referenced = {
+        f"{task_id[4:].rpartition('/')[0]}/{offset}"
+        for task_id, doc in rows
+        if task_id.startswith("ref:")
+        for offset in json.loads(doc)["offsets"]
+    }
+    copied = sum(1 for task_id, _ in rows if not task_id.startswith("ref:"))
+    assert referenced and copied, rows
+
+    await asyncio.to_thread(tansu.recreate_topic, topic, partitions)
+    fn.broken = False
+    await start(bridge)
+    records = await asyncio.to_thread(tansu.read, failures, 1, len(referenced), 90)
+    assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
+    assert records, bridge.log()[-4000:]
+    failed = {}
+    for r in records:
+        body = r.json()
+        assert r.header("ce_type") == "bridge.task.failed"
+        assert body["error"]["kind"] == "expired", body
+        assert "was removed from the source" in body["error"]["message"]
+        failed[body["event"]["id"]] = body
+    assert set(failed) == referenced  # each gone message failed once, by its reference
+    assert fn.done() == copied  # the copied rows ran: their messages were in the store
+    assert bridge.log().count("is no longer in the source") == len(referenced)
+    with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
+        assert db.execute("SELECT count(*) FROM parked").fetchone() == (0,)
