@@ -444,6 +444,7 @@ def backlog_row(bench: Bench, n: int, seconds: float, delay: float = 0.1) -> Row
         stop(slow)
         drop_topics(bench.bootstrap, topic, out)
     third = max(1, len(samples) // 3)
+    tenths = sorted({min(len(samples) - 1, len(samples) * k // 10) for k in range(1, 11)})
     early, late = statistics.mean(samples[:third]), statistics.mean(samples[-third:])
     if not results.seen:
         # An idle bridge's RSS says nothing about a backlog (seen with 5M records: tansu's
@@ -459,7 +460,8 @@ def backlog_row(bench: Bench, n: int, seconds: float, delay: float = 0.1) -> Row
         rss_mb=peak,
         note=(
             f"fn {delay * 1000:.0f} ms, {seconds:.0f}s, {len(results.seen):,} done; "
-            f"RSS mean first third {early:.0f} MB, last third {late:.0f} MB"
+            f"RSS mean first third {early:.0f} MB, last third {late:.0f} MB; "
+            f"RSS at each tenth: {' '.join(f'{samples[i]:.0f}' for i in tenths)}"
         ),
     )
 

@@ -207,7 +207,7 @@ def make_scale(args: argparse.Namespace) -> Scale:
         wrk_seconds=5 if quick else 10,
         sqs_messages=200 if quick else 500,
         backlog=args.backlog or (5_000_000 if args.soak else (100_000 if quick else 500_000)),
-        backlog_seconds=600.0 if args.soak else (10.0 if quick else 30.0),
+        backlog_seconds=args.backlog_seconds or (600.0 if args.soak else (10.0 if quick else 30.0)),
     )
 
 
@@ -219,6 +219,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak", action="store_true", help="5M backlog, 10-minute RSS soak")
     parser.add_argument(
         "--backlog", type=int, help="backlog records of the memory row (500k; 5M with --soak)"
+    )
+    parser.add_argument(
+        "--backlog-seconds", type=float, help="seconds of the memory row (30; 600 with --soak)"
     )
     parser.add_argument("--install", action="store_true", help="pip/apt-install what is missing")
     parser.add_argument("--only", default="", help="comma-separated row keys (see plan())")
