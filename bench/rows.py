@@ -460,7 +460,8 @@ def backlog_row(bench: Bench, n: int, seconds: float, delay: float = 0.1) -> Row
         rss_mb=peak,
         note=(
             f"fn {delay * 1000:.0f} ms, {seconds:.0f}s, {len(results.seen):,} done; "
-            f"RSS mean first third {early:.0f} MB, last third {late:.0f} MB; "
+            f"RSS mean first third {early:.0f} MB, last third {late:.0f} MB "
+            f"(flat: {'yes' if late <= 1.1 * early else 'no'}); "
             f"RSS at each tenth: {' '.join(f'{samples[i]:.0f}' for i in tenths)}"
         ),
     )
