@@ -346,7 +346,8 @@ async def test_a_spilled_message_its_topic_no_longer_has_fails_as_expired(
         for offset in json.loads(doc)["offsets"]
     }
     copied = sum(1 for task_id, _ in rows if not task_id.startswith("ref:"))
-    assert referenced and copied, rows
+    assert referenced, rows
+    assert copied, rows
 
     await asyncio.to_thread(tansu.recreate_topic, topic, partitions)
     fn.broken = False
