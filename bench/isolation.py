@@ -1,7 +1,7 @@
 """Noisy-tenant scenarios on Kafka: do well-behaved tenants keep their throughput and
 latency while tenant A misbehaves, with isolation on and off?
 
-    .venv/bin/python -m bench.isolation [--seconds 20] [--rate 20] [--only isolated]
+    .venv/bin/python -m bench.isolation [--seconds 20] [--rate 20] [--only isolated] [--floor]
 
 Tenants A (noisy) and B..K (ten well-behaved) share one 4-partition topic; every tenant
 produces ``--rate`` messages/s with 5 keys each. One function endpoint, whose behaviour
@@ -16,7 +16,9 @@ for A the scenario chooses:
 For B..K it measures throughput (results/s over the run) and p99 latency (produce to
 result at the webhook sink); for A that every message got a result, in order per key;
 for the source that every partition's committed offset kept advancing while A was
-stuck; and whether A's lane was reclaimed. The same runner backs
+stuck; and whether A's lane was reclaimed. With ``--floor``, a plain consumer in its own
+process reads the topic beside the bridge: B..K's p99 there is the broker's own share.
+The same runner backs
 ``tests/integration/kafka/test_isolation.py``.
 """
 
