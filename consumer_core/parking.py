@@ -430,13 +430,14 @@ class Parking:
             if not rows:
                 continue
             # A row of references holds up to RUN tasks: load no more rows than needed.
+            held = {row.seq: _references(row) for row in rows}
             wanted, size = target - in_memory, 0
             for count, row in enumerate(rows, 1):
-                size += _size(row)
+                size += len(held[row.seq][1]) or 1
                 if size >= wanted:
                     rows = rows[:count]
                     break
-            loaded = await self._load(rows)
+            loaded = await self._load(rows, held)
             if loaded:
                 self._cursor[tenant] = loaded
         for tenant in list(self.spilling):
@@ -447,14 +448,14 @@ class Parking:
                 self.by_reference.discard(tenant)
                 log.info("pipeline %s: tenant %s no longer spills", pipeline.name, tenant)
 
-    async def _load(self, rows: Sequence[Parked]) -> int:
+    async def _load(self, rows: Sequence[Parked], held: dict[int, tuple[float, list[str]]]) -> int:
         """Take rows back into the pipeline, in order; return the last ``seq`` taken (0 if
-        none). Stops at a row whose task is still being parked (it is read again later)
-        and at a reference the source cannot read back now."""
+        none). ``held`` is each row's ``_references``, by ``seq``. Stops at a row whose
+        task is still being parked (it is read again later) and at a reference the source
+        cannot read back now."""
         pipeline = self.pipeline
         last = 0
         finished = await self.store.finished([r.task_id for r in rows], since=0.0)
-        held = {row.seq: _references(row) for row in rows}
         rows, reread = await self._reread(rows, held)
         for row in rows:
             if row.task_id in self.parking_ids:
@@ -600,11 +601,6 @@ def _references(row: Parked) -> tuple[float, list[str]]:
     prefix = row.task_id[len(REFERENCE) :].rpartition("/")[0]
     received = float(contents.get("received") or time.time())
     return received, [f"{prefix}/{offset}" for offset in contents["offsets"]]
-
-
-def _size(row: Parked) -> int:
-    """How many tasks a row turns into."""
-    return len(loads(row.record)["offsets"]) if row.task_id.startswith(REFERENCE) else 1
 
 
 class _Reread:

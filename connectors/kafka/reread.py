@@ -14,8 +14,8 @@ earliest offset there is (``auto.offset.reset=earliest``), so the first record i
 lies past it. A broker that answers a fetch past a partition's end with no error (tansu
 does, after a topic was re-created) gives no such sign: there, a partition that sent
 nothing for ``QUIET`` seconds and whose end (as last fetched) is at or below a wanted
-offset has lost that offset. Spilling by reference therefore needs the topic's retention to outlast
-the tenant's backlog; see docs/isolation.md.
+offset has lost that offset. Spilling by reference therefore needs the topic's
+retention to outlast the tenant's backlog; see docs/isolation.md.
 
 All calls on the consumer run on one dedicated thread, like ``ConsumerClient``'s.
 """
@@ -166,10 +166,8 @@ def _past_the_end(
     (tansu) answer with nothing, and only the fetched end tells."""
     _low, high = consumer.get_watermark_offsets(_TP(*tp), cached=True)
     offsets = remaining[tp]
-    if high is None or high < 0 or not offsets or offsets[0] < high:
-        return
-    offsets.clear()
-    del remaining[tp]
+    if high is not None and high >= 0 and offsets and offsets[0] >= high:
+        del remaining[tp]
 
 
 def _collect(
