@@ -9,6 +9,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -215,6 +216,49 @@ def counts(partitions: int, *produced: Any) -> dict[int, int]:
     return {p: sum(x.counts.get(p, 0) for x in produced) for p in range(partitions)}
 
 
+@dataclass
+class SpilledA:
+    """A bridge stopped while failing tenant A had spilled: by copy, then by reference."""
+
+    bridge: BridgeProcess
+    fn: FailingA
+    topic: str
+    group: str
+    produced: list[Any]
+
+
+async def park_a_and_stop(
+    tansu: Tansu,
+    function_server: Callable[..., FunctionServer],
+    bridge_process: Callable[..., BridgeProcess],
+    *,
+    partitions: int,
+    keys: int,
+    failures: str | None = None,
+) -> SpilledA:
+    """Tenant A fails, is isolated and spills: first its waiting tasks (copied), then its
+    new arrivals (by reference). Every partition is committed to the end while A still
+    fails; then the bridge stops with the rows parked."""
+    topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
+    group = tansu.unique("group")
+    fn = FailingA()
+    bridge = await isolating_bridge(
+        tansu, function_server, bridge_process, fn,
+        topic=topic, group=group, max_backoff="200ms", min_samples=5, failures=failures,
+    )  # fmt: skip
+    first = tenant_records("B", 0, 20, keys) + tenant_records("A", 0, 60, keys)
+    produced = await asyncio.to_thread(tansu.produce, topic, first)
+    await start(bridge)
+    await eventually(lambda: "tenant A spills" in bridge.log(), 60, "A spilling")
+    # A's later arrivals come while it spills: parked as references
+    more = await asyncio.to_thread(tansu.produce, topic, tenant_records("A", 60, 300, keys))
+    await eventually(lambda: "spills by reference" in bridge.log(), 30, "spill by reference")
+    want = counts(partitions, produced, more)
+    await committed_equals(tansu, group, topic, partitions, want, timeout=30)
+    assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
+    return SpilledA(bridge, fn, topic, group, [produced, more])
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 async def test_parked_references_survive_a_restart_and_run_in_order(
@@ -228,23 +272,10 @@ async def test_parked_references_survive_a_restart_and_run_in_order(
     references back and runs every message of A once more, in order per key, with the
     messages that arrive after the restart behind them."""
     partitions, keys = 2, 3
-    topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
-    group = tansu.unique("group")
-    fn = FailingA()
-    bridge = await isolating_bridge(
-        tansu, function_server, bridge_process, fn,
-        topic=topic, group=group, max_backoff="200ms", min_samples=5,
-    )  # fmt: skip
-    first = tenant_records("B", 0, 20, keys) + tenant_records("A", 0, 60, keys)
-    produced = await asyncio.to_thread(tansu.produce, topic, first)
-    await start(bridge)
-    await eventually(lambda: "tenant A spills" in bridge.log(), 60, "A spilling")
-    # A's later arrivals come while it spills: parked as references
-    more = await asyncio.to_thread(tansu.produce, topic, tenant_records("A", 60, 300, keys))
-    await eventually(lambda: "spills by reference" in bridge.log(), 30, "spill by reference")
-    want = counts(partitions, produced, more)
-    await committed_equals(tansu, group, topic, partitions, want, timeout=30)
-    assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
+    parked = await park_a_and_stop(
+        tansu, function_server, bridge_process, partitions=partitions, keys=keys
+    )
+    bridge, fn, topic, group = parked.bridge, parked.fn, parked.topic, parked.group
     assert not fn.succeeded
 
     with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
@@ -260,7 +291,7 @@ async def test_parked_references_survive_a_restart_and_run_in_order(
     # new messages of A arriving while its old ones are still parked (A still fails, so
     # only a few are loaded back) queue behind them: parked too, so committed
     later = await asyncio.to_thread(tansu.produce, topic, tenant_records("A", 360, 30, keys))
-    want = counts(partitions, produced, more, later)
+    want = counts(partitions, *parked.produced, later)
     await committed_equals(tansu, group, topic, partitions, want, timeout=30)
     fn.broken = False
     await eventually(lambda: fn.done() >= 390, 90, "all of A")
@@ -318,24 +349,12 @@ async def test_a_spilled_message_its_topic_no_longer_has_fails_as_expired(
     was deleted and created again while the bridge was stopped; in production, retention
     ran out first): each such task fails as ``expired``, naming its reference, and its
     failure reaches ``on_failure``. The copied rows still run, and nothing stays parked."""
-    partitions, keys = 2, 3
-    topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
+    partitions = 2
     failures = await asyncio.to_thread(tansu.create_topic, tansu.unique("failures"), 1)
-    group = tansu.unique("group")
-    fn = FailingA()
-    bridge = await isolating_bridge(
-        tansu, function_server, bridge_process, fn,
-        topic=topic, group=group, max_backoff="200ms", min_samples=5, failures=failures,
-    )  # fmt: skip
-    first = tenant_records("B", 0, 20, keys) + tenant_records("A", 0, 60, keys)
-    produced = await asyncio.to_thread(tansu.produce, topic, first)
-    await start(bridge)
-    await eventually(lambda: "tenant A spills" in bridge.log(), 60, "A spilling")
-    more = await asyncio.to_thread(tansu.produce, topic, tenant_records("A", 60, 300, keys))
-    await eventually(lambda: "spills by reference" in bridge.log(), 30, "spill by reference")
-    want = counts(partitions, produced, more)
-    await committed_equals(tansu, group, topic, partitions, want, timeout=30)
-    assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
+    parked = await park_a_and_stop(
+        tansu, function_server, bridge_process, partitions=partitions, keys=3, failures=failures
+    )
+    bridge, fn, topic = parked.bridge, parked.fn, parked.topic
 
     with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
         rows = db.execute("SELECT task_id, record FROM parked WHERE tenant = 'A'").fetchall()
