@@ -22,6 +22,8 @@ class Row:
     latency_rate: float | None = None
     ceiling: str = ""  # the name of the ceiling row that bounds this one
     note: str = ""
+    soak: tuple[int, float, bool] | None = None
+    """The memory row's backlog (records), length (s) and whether its RSS stayed flat."""
 
 
 def median_row(runs: list[Row]) -> Row:
@@ -120,15 +122,16 @@ def ratio(a: Row | None, b: Row | None, attr: str = "per_s") -> float | None:
 def _backlog_verdict(row: Row | None) -> bool | None:
     """Met only by the soak itself (5M, 10 minutes) under 250 MB and flat; any row over
     250 MB fails; a shorter or smaller run measures nothing conclusive."""
-    if row is None or row.rss_mb is None:
+    if row is None or row.rss_mb is None or row.soak is None:
         return None
+    records, seconds, flat = row.soak
     if row.rss_mb >= 250:
         return False
-    if "600s" not in row.note:
+    if seconds < 600:
         return None  # too short to judge flatness
-    if "(flat: no)" in row.note:
+    if not flat:
         return False
-    return True if "5M" in row.name else None
+    return True if records >= 5_000_000 else None
 
 
 def targets(rows: list[Row]) -> str:

@@ -209,17 +209,16 @@ def _drain_and_pace(
     if row.per_s and bench.scale.latency_seconds > 0:
         rate = min(row.per_s / 2, LATENCY_CAP)
         seconds = bench.scale.latency_seconds
-        before = {"broker": _cpu(bench.broker), "system": cpu_seconds(proc.pid)}
+        broker0, system0 = _cpu(bench.broker), cpu_seconds(proc.pid)
         started = time.monotonic()
         feeder.paced(rate, seconds)
         spent = time.monotonic() - started
-        shares = {k: (_cpu(bench.broker) if k == "broker" else cpu_seconds(proc.pid)) - v
-                  for k, v in before.items()}  # fmt: skip
         if bench.broker is not None:
+            broker, system = _cpu(bench.broker) - broker0, cpu_seconds(proc.pid) - system0
             row = replace(
                 row,
-                note=f"{row.note}; CPU while paced: broker {shares['broker'] / spent:.0%}, "
-                f"this system {shares['system'] / spent:.0%} of a core",
+                note=f"{row.note}; CPU while paced: broker {broker / spent:.0%}, "
+                f"this system {system / spent:.0%} of a core",
             )
         expected = n + int(rate * seconds)
         wait_results(results, expected, proc, 60 + expected / rate, logs)
@@ -446,6 +445,7 @@ def backlog_row(bench: Bench, n: int, seconds: float, delay: float = 0.1) -> Row
     third = max(1, len(samples) // 3)
     tenths = sorted({min(len(samples) - 1, len(samples) * k // 10) for k in range(1, 11)})
     early, late = statistics.mean(samples[:third]), statistics.mean(samples[-third:])
+    flat = late <= 1.1 * early
     if not results.seen:
         # An idle bridge's RSS says nothing about a backlog (seen with 5M records: tansu's
         # memory storage kept a core busy and served no fetch in 10 minutes).
@@ -458,10 +458,11 @@ def backlog_row(bench: Bench, n: int, seconds: float, delay: float = 0.1) -> Row
         name=f"bridge backlog {n / 1e6:g}M",
         kind="memory",
         rss_mb=peak,
+        soak=(n, seconds, flat),
         note=(
             f"fn {delay * 1000:.0f} ms, {seconds:.0f}s, {len(results.seen):,} done; "
             f"RSS mean first third {early:.0f} MB, last third {late:.0f} MB "
-            f"(flat: {'yes' if late <= 1.1 * early else 'no'}); "
+            f"(flat: {'yes' if flat else 'no'}); "
             f"RSS at each tenth: {' '.join(f'{samples[i]:.0f}' for i in tenths)}"
         ),
     )
