@@ -35,7 +35,12 @@ def main() -> None:
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     arrived: dict[str, float] = {}
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+
+    def stop_on_input() -> None:
+        sys.stdin.readline()
+        stop.set()
+
+    threading.Thread(target=stop_on_input, daemon=True).start()
     ready = False
     while not stop.is_set():
         # consume(n, timeout) waits for n records or the timeout: take what is there,

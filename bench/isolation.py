@@ -267,6 +267,11 @@ async def _produce(
     feed.flush()
 
 
+def _p99(ordered: list[float]) -> float:
+    """The 99th percentile of ascending ``ordered`` (not empty), as the tables use it."""
+    return ordered[int(len(ordered) * 0.99) - 1]
+
+
 def _floor_reader(bootstrap: str, topic: str) -> subprocess.Popen[str]:
     reader = subprocess.Popen(
         [sys.executable, "-m", "bench.floor_reader", bootstrap, topic, str(PARTITIONS)],
@@ -287,7 +292,7 @@ def _floor_p99(reader: subprocess.Popen[str], feed: Feed) -> float | None:
         for m, sent in feed.sent.items()
         if feed.tenant_of[m] != "A" and m in arrived
     )
-    return latencies[int(len(latencies) * 0.99) - 1] if latencies else None
+    return _p99(latencies) if latencies else None
 
 
 async def _reclaimed(port: int, seconds: float) -> bool:
@@ -313,7 +318,7 @@ def _outcome(
         isolation=isolation,
         good_throughput=len(in_window) / max(window_end - started, 0.001),
         good_p50_ms=statistics.median(latencies) if latencies else float("nan"),
-        good_p99_ms=latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan"),
+        good_p99_ms=_p99(latencies) if latencies else float("nan"),
         a_sent=len(a_ids),
         a_done=sum(1 for m in a_ids if m in harness.results),
         a_in_order=all(seqs == sorted(seqs) for seqs in harness.calls.values()),
