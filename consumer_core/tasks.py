@@ -139,14 +139,19 @@ class TaskRecord:
             "total": span(self.received, self.delivered),
         }
 
+    @property
+    def finished_at(self) -> float | None:
+        """When the task finished for good: ``None`` until it is final *and* delivered
+        (dedup and purge rely on that time)."""
+        return self.delivered if self.state in TERMINAL else None
+
     def stored(self) -> tuple[dict[str, Any], float | None]:
         """What a store keeps: the whole document (with the event of a failed task, for
-        re-drive) and when the task finished for good, ``None`` until it is final *and*
-        delivered (dedup and purge rely on that time)."""
+        re-drive) and ``finished_at``."""
         doc = self.to_json()
         if self.event is not None:
             doc["event"] = self.event
-        return doc, self.delivered if self.state in TERMINAL else None
+        return doc, self.finished_at
 
     def to_json(self) -> dict[str, Any]:
         return {

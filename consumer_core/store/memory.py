@@ -31,7 +31,7 @@ import itertools
 from collections.abc import Sequence
 
 from consumer_core.store.base import Parked, TaskQuery
-from consumer_core.tasks import TERMINAL, TaskRecord
+from consumer_core.tasks import TaskRecord
 
 __all__ = ["MemoryTaskStore"]
 
@@ -46,12 +46,6 @@ def _snapshot(record: TaskRecord) -> TaskRecord:
     ``error`` and ``event`` are replaced, never mutated, so they are shared.
     """
     return dataclasses.replace(record, history=list(record.history))
-
-
-def _finished_at(record: TaskRecord) -> float | None:
-    """When the task finished for good, as ``TaskRecord.stored`` defines it: final state
-    *and* delivered (``None`` otherwise)."""
-    return record.delivered if record.state in TERMINAL else None
 
 
 class _Rows:
@@ -83,7 +77,7 @@ class MemoryTaskStore:
         self._tasks: dict[str, TaskRecord] = {}
         """The latest saved snapshot of every task."""
         self._finished: dict[str, float] = {}
-        """Tasks finished for good: id -> when (``_finished_at``)."""
+        """Tasks finished for good: id -> when (``TaskRecord.finished_at``)."""
         self._by_finish: list[tuple[float, str]] = []
         """Heap of ``_finished`` entries for ``purge``; entries whose task has since
         changed are stale (``_finished`` no longer holds that time) and are skipped."""
@@ -114,7 +108,7 @@ class MemoryTaskStore:
         if task_id not in self._tasks:
             self._new_ids.append(task_id)
         self._tasks[task_id] = _snapshot(record)
-        done = _finished_at(record)
+        done = record.finished_at
         if done is None:
             self._finished.pop(task_id, None)
         elif self._finished.get(task_id) != done:
