@@ -122,6 +122,7 @@ class Parking:
         self.parking_ids: set[str] = set()
         """Tasks being written to the store right now (still live until written)."""
         self._parked_total = pipeline.res.metrics.parked.labels(pipeline.name)
+        self._reread_total = pipeline.res.metrics.reread.labels(pipeline.name)
         source = pipeline.source
         self.rereads: Rereads | None = (
             source
@@ -455,11 +456,17 @@ class Parking:
         cannot read back now."""
         pipeline = self.pipeline
         last = 0
+        # A row whose task is still being written stops the load: it and the rows after
+        # it are read again later (their messages too, so none is read back for nothing).
+        stop = next((i for i, r in enumerate(rows) if r.task_id in self.parking_ids), len(rows))
+        rows = rows[:stop]
+        if not rows:
+            return 0
         finished = await self.store.finished([r.task_id for r in rows], since=0.0)
         rows, reread = await self._reread(rows, held)
         for row in rows:
             if row.task_id in self.parking_ids:
-                break
+                break  # it began to be written again meanwhile
             last = row.seq
             if row.task_id in finished:
                 await self.unpark(row.seq, row.tenant)
@@ -495,7 +502,7 @@ class Parking:
         """Read the messages of reference rows (``held``: by row ``seq``) back from the
         source: the rows that can be loaded now and, by reference, each message found and
         whether it already ran."""
-        references = [ref for _, refs in held.values() for ref in refs]
+        references = [ref for row in rows for ref in held[row.seq][1]]
         if not references:
             return rows, {}
         source = self.pipeline.source
@@ -506,6 +513,7 @@ class Parking:
                     "source cannot read messages again"
                 )
             messages = await source.reread(references)
+            self._reread_total.inc(len(messages))
         except ConnectorError as exc:
             now = time.monotonic()
             if now - self._reread_warned > WARN_EVERY:  # refill tries again every 20 ms

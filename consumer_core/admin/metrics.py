@@ -98,6 +98,12 @@ class Metrics:
             ["pipeline"],
             registry=r,
         )
+        self.reread = Counter(
+            "bridge_reread_messages",
+            "Messages of tenants spilled by reference read back from the source.",
+            ["pipeline"],
+            registry=r,
+        )
         self.isolation_moves = Counter(
             "bridge_isolation_moves",
             "Tenants moved to a dedicated lane (promoted) or back (reclaimed).",

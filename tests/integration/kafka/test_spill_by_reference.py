@@ -18,7 +18,7 @@ from connectors.kafka.reread import parse_reference, reference
 from connectors.kafka.source import KafkaSource, consumer_config
 from consumer_core.contracts import Delivery
 from tests.integration.kafka.tansu import TEST_CONSUMER_SETTINGS, Tansu, pipeline_config
-from tests.integration.kafka.test_kafka_pipeline import committed_equals, eventually, start
+from tests.integration.kafka.test_kafka_pipeline import committed_equals, eventually, metric, start
 from tests.support.bridge import BridgeProcess
 from tests.support.function_server import Call, FunctionServer, Reply
 
@@ -386,3 +386,36 @@ async def test_a_spilled_message_its_topic_no_longer_has_fails_as_expired(
     assert bridge.log().count("is no longer in the source") == len(referenced)
     with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
         assert db.execute("SELECT count(*) FROM parked").fetchone() == (0,)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_a_flood_spilled_by_reference_is_read_back_once(
+    tansu: Tansu,
+    function_server: Callable[..., FunctionServer],
+    bridge_process: Callable[..., BridgeProcess],
+) -> None:
+    """A floods (many rows of references park at once) while its function is healthy but
+    slower than the flood arrives. As its lane makes room, the refill reads back only the
+    rows it loads: every message of A runs once, in order per key, and the source reads
+    back no more messages than A parked by reference (a refill that read every fetched
+    row's references, loading only the first, read the same messages again and again)."""
+    partitions, keys, flood = 2, 20, 4000
+    topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
+    fn = FailingA(delay=0.005)
+    fn.broken = False
+    bridge = await isolating_bridge(
+        tansu, function_server, bridge_process, fn,
+        topic=topic, group=tansu.unique("group"), max_backoff="200ms", min_samples=5,
+    )  # fmt: skip
+    await start(bridge)
+    await asyncio.to_thread(tansu.produce, topic, tenant_records("B", 0, 20, keys))
+    await asyncio.to_thread(tansu.produce, topic, tenant_records("A", 0, flood, keys))
+    await eventually(lambda: fn.done() >= flood, 120, "all of A")
+    reread = await asyncio.to_thread(metric, bridge, "bridge_reread_messages_total")
+    assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
+    assert "spills by reference" in bridge.log()
+    assert fn.done() == flood
+    per_key = flood // keys
+    assert fn.seqs_by_key() == {f"A{k}": list(range(per_key)) for k in range(keys)}
+    assert 0 < reread <= flood, reread
