@@ -29,7 +29,7 @@ from typing import Final
 
 from cloudevents.core.bindings import kafka as ce_kafka
 
-from consumer_core.events import JSON_FORMAT, CloudEvent, normalize, wrap
+from consumer_core.events import JSON_FORMAT, CloudEvent, normalize, trusted_event, wrap
 
 __all__ = [
     "DecodedRecord",
@@ -140,10 +140,11 @@ def decode_record(
         return DecodedRecord(event, fallback_id, text_key, text_headers)
     try:
         if mode == "binary":
-            # Attributes from the binding; the value stays the data byte for byte.
+            # Attributes from the binding (which validates them); the value stays the
+            # data byte for byte, so the event is not validated a second time.
             message = ce_kafka.KafkaMessage(headers=raw, key=text_key, value=b"")
             attributes = dict(ce_kafka.from_kafka(message, JSON_FORMAT).get_attributes())
-            event = CloudEvent(attributes, body or None)
+            event = trusted_event(attributes, body or None)
         else:
             message = ce_kafka.KafkaMessage(headers=raw, key=text_key, value=body)
             event = normalize(ce_kafka.from_kafka(message, JSON_FORMAT))
