@@ -236,9 +236,21 @@ def _behaviour(scenario: str, trouble_until: float) -> Callable[[str], tuple[int
     return behaviour
 
 
-def _flood(feed: Feed, n: int) -> None:
-    feed.send("A", n, keys=100)
-    feed.flush()
+def _flood_producer(bootstrap: str, topic: str, n: int) -> subprocess.Popen[str]:
+    """A's producer, in its own process (see ``bench.flood_producer``); it floods when
+    told to go."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.flood_producer", bootstrap, topic, str(n)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _flooded(producer: subprocess.Popen[str]) -> dict[str, Any]:
+    """Start ``producer``'s flood and wait for its report."""
+    report: dict[str, Any] = json.loads(producer.communicate("go\n", timeout=300)[0])
+    return report
 
 
 async def _until(harness: Harness, done: Callable[[], bool], seconds: float) -> None:
@@ -284,9 +296,14 @@ def _floor_reader(bootstrap: str, topic: str) -> subprocess.Popen[str]:
     return reader
 
 
-def _floor_p99(reader: subprocess.Popen[str], feed: Feed) -> float | None:
-    """Stop ``reader``; B..K's p99 from send to arrival there (ms)."""
-    arrived = json.loads(reader.communicate("stop\n", timeout=60)[0])
+def _floor_arrivals(reader: subprocess.Popen[str]) -> dict[str, float]:
+    """Stop ``reader``; when each message arrived there (epoch s), by id."""
+    arrived: dict[str, float] = json.loads(reader.communicate("stop\n", timeout=60)[0])
+    return arrived
+
+
+def _floor_p99(arrived: dict[str, float], feed: Feed) -> float | None:
+    """B..K's p99 from send to arrival at the plain consumer (ms)."""
     latencies = sorted(
         (arrived[m] - sent) * 1000
         for m, sent in feed.sent.items()
@@ -372,19 +389,20 @@ async def run_scenario(
         feed.sent.clear()  # the warm-up message is not part of the run
         feed.tenant_of.clear()
         reader = await asyncio.to_thread(_floor_reader, bootstrap, topic) if floor else None
+        producer = (
+            _flood_producer(bootstrap, topic, int(100 * rate * seconds))
+            if scenario == "flood"
+            else None
+        )
         started = time.time()
         trouble_until = started + outage
         harness.behaviour = _behaviour(scenario, trouble_until)
-        flood: asyncio.Future[None] | None = None
-        flood_feed = Feed(bootstrap, topic)
-        if scenario == "flood":
-            # A's flood comes from its own client, as it would from A's own producers: in a
-            # thread, so that B..K's messages are not queued behind it in one producer and
-            # the function server in this process keeps answering meanwhile. A flooding
-            # tenant has many keys: its own backend, not its keys, limits it.
-            flood = asyncio.ensure_future(
-                asyncio.to_thread(_flood, flood_feed, int(100 * rate * seconds))
-            )
+        flood: asyncio.Future[dict[str, Any]] | None = None
+        if producer is not None:
+            # A's flood comes from its own client in its own process, as it would from
+            # A's own producers. A flooding tenant has many keys: its own backend, not
+            # its keys, limits it.
+            flood = asyncio.ensure_future(asyncio.to_thread(_flooded, producer))
         offsets: list[list[int]] = []
 
         async def sample() -> None:
@@ -395,18 +413,20 @@ async def run_scenario(
             trouble_until=trouble_until, sample=sample,
         )  # fmt: skip
         if flood is not None:
-            await flood
-            feed.sent.update(flood_feed.sent)
-            feed.tenant_of.update(flood_feed.tenant_of)
-            feed.refused.update(flood_feed.refused)
+            report = await flood
+            feed.sent.update(report["sent"])
+            feed.tenant_of.update(dict.fromkeys(report["sent"], "A"))
+            feed.refused.update(report["refused"])
         produced_until = time.time()
         patience = 60 + (100 * rate * seconds / 500 if scenario == "flood" else 0)
         await _until(harness, lambda: all(m in harness.results for m in feed.sent), patience)
         outcome = _outcome(
             scenario, isolation, feed, harness, started=started, produced_until=produced_until
         )
+        floor_arrived: dict[str, float] = {}
         if reader is not None:
-            outcome.floor_p99_ms = await asyncio.to_thread(_floor_p99, reader, feed)
+            floor_arrived = await asyncio.to_thread(_floor_arrivals, reader)
+            outcome.floor_p99_ms = _floor_p99(floor_arrived, feed)
         if feed.refused:
             reasons = sorted(set(feed.refused.values()))[:3]
             outcome.notes.append(f"the broker refused {len(feed.refused)} messages: {reasons}")
@@ -415,9 +435,12 @@ async def run_scenario(
                 for m, sent in feed.sent.items():
                     done = harness.results.get(m)
                     latency = "" if done is None else f"{(done - sent) * 1000:.1f}"
+                    seen = floor_arrived.get(m)
+                    floor_ms = "" if seen is None else f"{(seen - sent) * 1000:.1f}"
                     tenant = feed.tenant_of[m]
                     out.write(
-                        f"{scenario},{isolation},{tenant},{sent - started:.3f},{latency},{m}\n"
+                        f"{scenario},{isolation},{tenant},{sent - started:.3f},{latency},{m},"
+                        f"{floor_ms}\n"
                     )
         if len(offsets) >= 2:
             first, last = offsets[0], offsets[-1]
@@ -505,7 +528,8 @@ def main() -> None:
         "--dump",
         type=Path,
         help="append every message's scenario, isolation, tenant, send time (s from the "
-        "start), latency (ms; empty if lost) and id to this CSV file",
+        "start), latency (ms; empty if lost), id and, with --floor, latency at the plain "
+        "consumer (ms) to this CSV file",
     )
     parser.add_argument(
         "--floor",
