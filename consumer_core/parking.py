@@ -20,14 +20,13 @@ When such a row's turn comes, the source reads the message again; one it no long
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from consumer_core.codec import dumps, loads
+from consumer_core.codec import dumps, dumps_text, loads
 from consumer_core.contracts import Delivery, Rereads
 from consumer_core.errors import ConnectorError, StoreError
 from consumer_core.events import attributes_json, from_stored, wrap
@@ -189,8 +188,8 @@ class Parking:
             partition=delivery.partition,
             attributes=attributes_json(task.event),
             data=_data(task),
-            headers=json.dumps({**delivery.headers, "traceparent": task.traceparent}),
-            record=json.dumps(record.to_json()),
+            headers=dumps_text({**delivery.headers, "traceparent": task.traceparent}),
+            record=dumps_text(record.to_json()),
             not_before=task.not_before,
         )
 
@@ -368,7 +367,7 @@ class Parking:
                 continue
             from consumer_core.events import from_structured_bytes
 
-            event = from_structured_bytes(json.dumps(record.event).encode())
+            event = from_structured_bytes(dumps(record.event))
             record.move(TaskState.PENDING)
             record.attempt_base = record.attempts
             record.error = None
@@ -386,7 +385,7 @@ class Parking:
                     partition=None,
                     attributes=attributes_json(event),
                     data=data if isinstance(data, bytes) else None,
-                    record=json.dumps(record.to_json()),
+                    record=dumps_text(record.to_json()),
                 )
             )
         await self.store.flush()
@@ -474,7 +473,7 @@ class Parking:
             if row.task_id.startswith(REFERENCE):
                 await self._load_references(row, *held[row.seq], reread)
                 continue
-            record = TaskRecord.from_json(json.loads(row.record))
+            record = TaskRecord.from_json(loads(row.record))
             event = from_stored(row.attributes, row.data)
             delivery = ParkedDelivery(
                 self,
@@ -484,7 +483,7 @@ class Parking:
                 raw=row.data or b"",
                 key=row.key,
                 partition=row.partition,
-                headers=json.loads(row.headers),
+                headers=loads(row.headers),
                 attributes={"tenant": row.tenant, "bridge.parked.seq": row.seq},
             )
             live = pipeline.live.get(row.task_id)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cloudevents.core.bindings import http as ce_http
 
+from consumer_core import codec
 from consumer_core.events import JSON_FORMAT, CloudEvent, structured_bytes
 from consumer_core.outcome import ErrorKind, Outcome, OutcomeKind
 
@@ -54,8 +54,8 @@ def batch_outcomes(
     doc: Any = None
     if body.strip():
         try:
-            doc = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            doc = codec.loads(body)
+        except ValueError:  # not UTF-8 or not JSON (JSONDecodeError is a ValueError)
             doc = None
     if doc is None:
         doc = {}
@@ -84,7 +84,7 @@ def batch_outcomes(
             Outcome(
                 kind=OutcomeKind.SUCCEEDED,
                 status=status,
-                data=None if value is None else json.dumps(value).encode(),
+                data=None if value is None else codec.dumps(value),
                 content_type=None if value is None else "application/json",
             )
         )

@@ -72,9 +72,11 @@ def test_batch_answer_splits_failed_and_results():
     assert c.data is None
 
 
-def test_batch_answer_empty_means_all_succeeded():
-    outcomes = batch_outcomes(_events("a", "b"), 202, {}, b"")
-    assert all(o.kind is OutcomeKind.SUCCEEDED for o in outcomes)
+@pytest.mark.parametrize("body", [b"", b"ok", b"\xff\xfe not utf-8"])
+def test_batch_answer_empty_or_not_json_means_all_succeeded(body):
+    outcomes = batch_outcomes(_events("a", "b"), 202, {}, body)
+    assert [o.kind for o in outcomes] == [OutcomeKind.SUCCEEDED] * 2
+    assert all(o.data is None for o in outcomes)
 
 
 @pytest.mark.parametrize("body", [b"[1,2]", b'{"failed": "a"}', b'{"results": []}'])
