@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
+from sinks.signing import SIGNATURE_HEADER
 from tests.support.bridge import read_jsonl
 from tests.support.certs import make_certs
 from tests.support.function_server import Call, Reply
@@ -116,3 +118,28 @@ def test_an_unreadable_ca_file_is_a_configuration_error(tmp_path):
     assert run.returncode == 2
     assert "target.tls" in run.stderr
     assert "No such file" in run.stderr
+
+
+async def test_https_webhook_with_a_custom_ca_gets_signed_results(
+    tmp_path, function_server, bridge_process
+):
+    """The webhook sink speaks TLS with the CA of its ``tls:`` block, and signs."""
+    _, server_context = make_certs(tmp_path)
+    fn = await function_server().start()
+    hook = await function_server(ssl_context=server_context).start()
+    text = CONFIG.format(url=fn.url, hook=hook.url, tls="").replace(
+        'secret: "${HOOK_SECRET}"}', 'secret: "${HOOK_SECRET}", tls: {ca_file: ca.pem}}'
+    )
+    assert "tls: {ca_file: ca.pem}" in text
+    bridge = bridge_process(text, env=SECRETS).start()
+    for n in range(3):
+        body = json.dumps({"n": n}).encode()
+        status, _ = bridge.post_event("sec", body, {**AUTH, "Content-Type": "application/json"})
+        assert status == 202
+    await wait_until(lambda: len(hook.calls) == 3, 10, "results delivered over TLS")
+    assert bridge.terminate() == 0
+    assert hook.url.startswith("https://")
+    for call in hook.calls:
+        assert call.headers["content-type"] == "application/cloudevents+json"
+        assert call.headers[SIGNATURE_HEADER.lower()]
+    assert [c.attributes["type"] for c in hook.calls] == ["bridge.task.succeeded"] * 3
