@@ -216,7 +216,14 @@ class Rereads(Protocol):
     decoded, as deliveries that are never settled. A reference it leaves out is gone
     for good (retention or compaction removed the message). It raises
     ``ConnectorError`` when it cannot tell now (the core tries again later).
+
+    ``full_read_at`` is when (``time.monotonic()``) a ``receive`` last read as many
+    messages as it could take: more were waiting behind them. While that is recent and
+    the source is reading past a spilling tenant's flood, the core does not read that
+    tenant's messages back, so as not to slow the reading past.
     """
+
+    full_read_at: float
 
     def spill_by_reference(self, tenants: Set[str], tenant_of: RawTenant) -> None: ...
 

@@ -53,7 +53,8 @@ MAX_WRITES = 2
 """Parking writes the receive loop may leave pending before it waits for one."""
 READING_PAST = 0.1
 """Seconds after the source last handed over references of a tenant during which that
-tenant's parked rows are not loaded back, unless it has nothing left in memory."""
+tenant's parked rows are not loaded back, unless it has nothing left in memory and the
+source has caught up (no full read within as long)."""
 
 
 class ParkedDelivery(Delivery):
@@ -407,13 +408,13 @@ class Parking:
         for tenant in list(self.counts):
             if tenant in pipeline.paused_tenants:
                 continue
-            if (
-                now - self._arriving.get(tenant, 0.0) < READING_PAST
-                and pipeline.tenant_live[tenant]
+            if now - self._arriving.get(tenant, 0.0) < READING_PAST and (
+                pipeline.tenant_live[tenant] or self._source_behind(now)
             ):
                 # The source is still reading past this tenant's flood: reading its
                 # messages back now would compete with that (and with everyone queued
-                # behind the flood). It is served from what it has in memory meanwhile.
+                # behind the flood). It is served from what it has in memory meanwhile;
+                # with nothing left there, as soon as the source has caught up.
                 continue
             lane = pipeline.lane_for(tenant)
             target = max(64, 4 * lane.window.limit * pipeline.per_request)
@@ -447,6 +448,11 @@ class Parking:
                 self.spilling.discard(tenant)
                 self.by_reference.discard(tenant)
                 log.info("pipeline %s: tenant %s no longer spills", pipeline.name, tenant)
+
+    def _source_behind(self, now: float) -> bool:
+        """Whether the source read as much as it could take within ``READING_PAST``."""
+        rereads = self.rereads
+        return rereads is not None and now - rereads.full_read_at < READING_PAST
 
     async def _load(self, rows: Sequence[Parked], held: dict[int, tuple[float, list[str]]]) -> int:
         """Take rows back into the pipeline, in order; return the last ``seq`` taken (0 if

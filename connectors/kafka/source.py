@@ -228,6 +228,8 @@ class KafkaSource:
         """Held around a consume call and the tracking of its messages, so that the
         keepalive poll and ``receive`` never interleave (offsets must stay in order)."""
         self._last_poll = time.monotonic()
+        self.full_read_at = 0.0
+        """When a ``receive`` last read as many messages as it asked for (``Rereads``)."""
         self._closing = False
         self._left_core = asyncio.Event()
         """Set whenever a delivery is settled or dropped (the revoke grace waits on it)."""
@@ -308,6 +310,8 @@ class KafkaSource:
         async with self._polling:
             messages = await self.client.consume(room, 0.0 if out else timeout)
             self._last_poll = time.monotonic()
+            if len(messages) >= room:
+                self.full_read_at = self._last_poll
             for delivery in self._accept(messages):
                 delivery._state.deliveries[delivery._offset] = delivery
                 out.append(delivery)
