@@ -430,10 +430,12 @@ class Parking:
             )
             if not rows:
                 continue
-            # A row of references holds up to RUN tasks: load no more rows than needed.
-            held = {row.seq: _references(row) for row in rows}
+            # A row of references holds up to RUN tasks: load (and parse) no more rows
+            # than needed.
+            held: dict[int, tuple[float, list[str]]] = {}
             wanted, size = target - in_memory, 0
             for count, row in enumerate(rows, 1):
+                held[row.seq] = _references(row)
                 size += len(held[row.seq][1]) or 1
                 if size >= wanted:
                     rows = rows[:count]
