@@ -35,7 +35,8 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 def start(
     args: list[str], cwd: Path | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     if log is None:
         return subprocess.Popen(
             args, cwd=cwd or ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT

@@ -164,6 +164,9 @@ async def _serve(config: Any, *, quickstart: bool) -> int:
         return EXIT_CONFIG
     if quickstart:
         _print_quickstart(config)
+    from consumer_core import gctune
+
+    gctune.tune()
     try:
         await runner.run()
     finally:
