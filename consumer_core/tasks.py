@@ -146,14 +146,21 @@ class TaskRecord:
         return self.delivered if self.state in TERMINAL else None
 
     def stored(self) -> tuple[dict[str, Any], float | None]:
-        """What a store keeps: the whole document (with the event of a failed task, for
-        re-drive) and ``finished_at``."""
-        doc = self.to_json()
+        """What a store keeps: the document without the stage durations (``from_json``
+        does not read them; they follow from the timestamps), with the event of a
+        failed task (for re-drive), and ``finished_at``."""
+        doc = self._document()
         if self.event is not None:
             doc["event"] = self.event
         return doc, self.finished_at
 
     def to_json(self) -> dict[str, Any]:
+        """The task as the admin API shows it."""
+        doc = self._document()
+        doc["durations"] = self.stage_durations()
+        return doc
+
+    def _document(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "pipeline": self.pipeline,
@@ -170,7 +177,6 @@ class TaskRecord:
                 "finished": self.finished,
                 "delivered": self.delivered,
             },
-            "durations": self.stage_durations(),
             "error": self.error,
             "history": [a.to_json() for a in self.history],
         }
