@@ -68,9 +68,10 @@ def check_transition(task: str, current: TaskState, to: TaskState) -> None:
         raise IllegalTransition(f"task {task}: {current} -> {to} is not a legal transition")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AttemptRecord:
-    """One invocation attempt: when it ran and how it ended."""
+    """One invocation attempt: when it ran and how it ended (read-only by convention:
+    not frozen, which would make it three times slower to build, once per attempt)."""
 
     number: int
     started: float

@@ -52,9 +52,10 @@ _CE_PREFIX: Final = "ce_"
 _STRUCTURED: Final = "application/cloudevents+json"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecodedRecord:
-    """What the source needs of one record to build a ``Delivery``."""
+    """What the source needs of one record to build a ``Delivery`` (read-only by
+    convention: not frozen, which would make it three times slower to build)."""
 
     event: CloudEvent | None
     """``None`` when the record claims to be a CloudEvent but is malformed."""

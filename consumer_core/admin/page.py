@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 from prometheus_client import Counter
 
+from consumer_core.admin.metrics import LoopCounter
 from consumer_core.errors import StoreError
 from consumer_core.store.base import TaskQuery
 from consumer_core.tasks import TaskRecord, TaskState
@@ -86,7 +87,7 @@ class Sample:
         }
 
 
-def _totals(counter: Counter, *labels: str) -> dict[tuple[str, ...], float]:
+def _totals(counter: Counter | LoopCounter, *labels: str) -> dict[tuple[str, ...], float]:
     """Every child's value of a labelled counter, keyed by its label values."""
     values: dict[tuple[str, ...], float] = {}
     for family in counter.collect():
