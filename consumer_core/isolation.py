@@ -67,9 +67,14 @@ class _Samples:
 
 
 class Detector:
+    """The samples are pruned as they are recorded, not only when a verdict is asked
+    for: a pipeline without isolation records every attempt and never asks, and kept
+    every sample for the life of the process (about 130 bytes per task)."""
+
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
         self._samples: dict[str, _Samples] = {}
+        self._next_sweep = 0.0
 
     def record(self, tenant: str, *, ok: bool, throttled: bool, latency: float, now: float) -> None:
         kind = _OK if ok else _THROTTLE if throttled else _ERROR
@@ -77,6 +82,14 @@ class Detector:
         if samples is None:
             samples = self._samples[tenant] = _Samples()
         samples.add(now, kind, latency)
+        samples.prune(now - self.t.window)
+        if now >= self._next_sweep:  # tenants that went quiet: once a window
+            self._next_sweep = now + self.t.window
+            self._prune(now)
+
+    def __len__(self) -> int:
+        """Samples held, over every tenant."""
+        return sum(len(s) for s in self._samples.values())
 
     def _prune(self, now: float) -> None:
         horizon = now - self.t.window

@@ -73,6 +73,18 @@ def test_detector_forgets_samples_older_than_the_window():
     assert detector.verdict("a", now=45.0, inflight={}, backlog={}) is None
 
 
+def test_detector_holds_one_window_of_samples_when_no_verdict_is_asked() -> None:
+    # A pipeline without isolation records every attempt and never asks for a verdict.
+    detector = Detector(_thresholds(window=30.0))
+    for i in range(10_000):
+        detector.record(f"t{i % 7}", ok=True, throttled=False, latency=0.01, now=i / 10)
+    detector.record("quiet", ok=True, throttled=False, latency=0.01, now=1000.0)
+    for i in range(10_001, 12_000):
+        detector.record("a", ok=True, throttled=False, latency=0.01, now=i / 10)
+    # 30 s at 10 samples/s: only tenant a's last window remains; "quiet" and t0..t6 went.
+    assert len(detector) <= 301
+
+
 def test_detector_flags_slow_tenant_against_the_others():
     detector = Detector(_thresholds(latency_factor=5.0))
     for i in range(20):
