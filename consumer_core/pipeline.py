@@ -658,9 +658,14 @@ class Pipeline:
             )
             is_throttle = outcome.kind is OutcomeKind.THROTTLED
             throttled |= is_throttle
-            self.detector.record(
-                task.record.tenant, ok=outcome.ok, throttled=is_throttle, latency=elapsed, now=now
-            )
+            if self.isolation:  # nothing reads the detector otherwise
+                self.detector.record(
+                    task.record.tenant,
+                    ok=outcome.ok,
+                    throttled=is_throttle,
+                    latency=elapsed,
+                    now=now,
+                )
             self._settle_attempt(task, outcome)
         self._adjust_window(lane, outcomes, throttled)
         self._wake.set()
