@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -37,46 +38,6 @@ class _CounterChild:
         self.value += amount
 
 
-class LoopCounter:
-    """A labelled counter for the event loop's hot path.
-
-    ``inc`` adds to a plain float: prometheus_client's ``Counter`` takes a lock on every
-    call, once per task here. Only the event loop's thread may call ``inc``. A scrape
-    sees the same samples a ``Counter`` gives (``_total`` and ``_created``).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        *,
-        registry: CollectorRegistry,
-    ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], _CounterChild] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> _CounterChild:
-        if len(values) != len(self._labelnames):
-            raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = _CounterChild()
-        return child
-
-    def describe(self) -> list[Metric]:
-        return [CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)]
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        for values, child in list(self._children.items()):
-            family.add_metric(list(values), child.value, created=child.created)
-        yield family
-
-
 class _HistogramChild:
     __slots__ = ("bounds", "counts", "created", "sum")
 
@@ -92,20 +53,78 @@ class _HistogramChild:
         self.sum += amount
 
 
+Child = TypeVar("Child", _CounterChild, _HistogramChild)
+
+
+class _LoopFamily(Generic[Child]):
+    """Labelled children updated from the event loop only, and exported on scrape.
+
+    prometheus_client's own metrics take a lock on every update, which the bridge pays
+    once or more per task. These update plain numbers; only the event loop's thread may
+    update them. A scrape sees the same samples as prometheus_client's own type gives.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Child] = {}
+        registry.register(self)
+
+    def _new_child(self) -> Child:
+        raise NotImplementedError
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> Child:
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._new_child()
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+
+class LoopCounter(_LoopFamily[_CounterChild]):
+    """A labelled counter (``inc``): samples ``_total`` and ``_created``."""
+
+    def _new_child(self) -> _CounterChild:
+        return _CounterChild()
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, child in list(self._children.items()):
+            family.add_metric(list(values), child.value, created=child.created)
+        yield family
+
+
 def _le(bound: float) -> str:
     """A bucket bound as prometheus_client writes it (``0.0005``, ``1.0``)."""
     text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
     return text
 
 
-class LoopHistogram:
-    """A labelled histogram for the event loop's hot path, like ``LoopCounter``.
-
-    ``observe`` is a bisection and two additions instead of prometheus_client's two
-    locked updates; the stage histograms take four observations per task. A scrape
-    sees the same samples a ``Histogram`` gives (cumulative ``_bucket``s, ``_count``,
-    ``_sum``, ``_created``).
-    """
+class LoopHistogram(_LoopFamily[_HistogramChild]):
+    """A labelled histogram (``observe``: a bisection and two additions; the stage
+    histograms take four observations per task): cumulative ``_bucket``s, ``_count``,
+    ``_sum`` and ``_created``."""
 
     def __init__(
         self,
@@ -116,27 +135,18 @@ class LoopHistogram:
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
         self._bounds = tuple(sorted(float(b) for b in buckets if b != float("inf")))
         self._les = [_le(b) for b in self._bounds] + ["+Inf"]
-        self._children: dict[tuple[str, ...], _HistogramChild] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry=registry)
 
-    def labels(self, *values: str) -> _HistogramChild:
-        if len(values) != len(self._labelnames):
-            raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = _HistogramChild(self._bounds)
-        return child
+    def _new_child(self) -> _HistogramChild:
+        return _HistogramChild(self._bounds)
 
-    def describe(self) -> list[Metric]:
-        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        family = self._family()
         for values, child in list(self._children.items()):
             cumulative, buckets = 0, []
             for le, count in zip(self._les, child.counts, strict=True):
