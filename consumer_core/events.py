@@ -39,6 +39,7 @@ __all__ = [
     "is_json_type",
     "normalize",
     "partition_key",
+    "rfc3339",
     "structured_bytes",
     "structured_dict",
     "succeeded_event",
@@ -66,12 +67,18 @@ def trusted_event(attributes: dict[str, Any], data: bytes | None) -> CloudEvent:
     return event
 
 
+def rfc3339(value: datetime) -> str:
+    """A ``time`` attribute as text: ISO 8601, with ``Z`` for UTC (as the SDK writes it)."""
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 def attributes_json(event: CloudEvent) -> str:
     """The attributes as compact JSON (``time`` as RFC 3339), for storage."""
     attributes = dict(event.get_attributes())
     time = attributes.get("time")
     if isinstance(time, datetime):
-        attributes["time"] = time.isoformat().replace("+00:00", "Z")
+        attributes["time"] = rfc3339(time)
     return codec.dumps_text(attributes)
 
 
@@ -193,7 +200,7 @@ def structured_dict(event: CloudEvent) -> dict[str, Any]:
     attributes: dict[str, Any] = dict(event.get_attributes())
     time = attributes.get("time")
     if isinstance(time, datetime):
-        attributes["time"] = time.isoformat().replace("+00:00", "Z")
+        attributes["time"] = rfc3339(time)
     data = event.get_data()
     if data is None:
         return attributes

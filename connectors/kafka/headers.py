@@ -31,7 +31,14 @@ from typing import Final
 
 from cloudevents.core.bindings import kafka as ce_kafka
 
-from consumer_core.events import JSON_FORMAT, CloudEvent, normalize, trusted_event, wrap
+from consumer_core.events import (
+    JSON_FORMAT,
+    CloudEvent,
+    normalize,
+    rfc3339,
+    trusted_event,
+    wrap,
+)
 
 __all__ = [
     "DecodedRecord",
@@ -187,10 +194,7 @@ def encode_event(
         if name == "datacontenttype":
             headers.append(("content-type", str(value).encode()))
         elif isinstance(value, datetime):
-            text = value.isoformat()
-            if text.endswith("+00:00"):
-                text = text[:-6] + "Z"
-            headers.append((_CE_PREFIX + name, text.encode()))
+            headers.append((_CE_PREFIX + name, rfc3339(value).encode()))
         else:
             headers.append((_CE_PREFIX + name, str(value).encode()))
     data = event.get_data()

@@ -35,7 +35,7 @@ from typing import Any, Final
 from cloudevents.core.bindings import amqp as ce_amqp
 from cloudevents.core.bindings import rabbitmq as ce_rabbitmq
 
-from consumer_core.events import JSON_FORMAT, CloudEvent, normalize
+from consumer_core.events import JSON_FORMAT, CloudEvent, normalize, rfc3339
 
 __all__ = [
     "AMQP_PREFIXES",
@@ -71,7 +71,7 @@ def header_text(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
-        return _iso(value)
+        return rfc3339(value)
     if isinstance(value, dict | list):
         return json.dumps(_plain(value), separators=(",", ":"))
     return str(value)
@@ -166,8 +166,3 @@ def _amqp_value(value: Any) -> Any:
 
 def _with_body(attributes: dict[str, Any], body: bytes) -> CloudEvent:
     return CloudEvent(attributes, body or None)
-
-
-def _iso(value: datetime) -> str:
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
