@@ -27,7 +27,6 @@ Not a test: it prints figures.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -37,14 +36,14 @@ import uuid
 from pathlib import Path
 
 from bench.kafka_bench import (
-    BRIDGE_CONFIG,
     SETTINGS,
     Feeder,
     Results,
     create_topics,
     start_tansu,
+    write_bridge_config,
 )
-from bench.support import ROOT, free_port, function_server, stop, wait_http
+from bench.support import ROOT, function_server, stop, wait_http
 
 VALGRIND_SETTINGS = {
     **SETTINGS,
@@ -83,19 +82,9 @@ def measure(
         suffix = uuid.uuid4().hex[:6]
         topic, out = f"in-{suffix}", f"out-{suffix}"
         create_topics(bootstrap, topic, out)
-        port = free_port()
-        config = BRIDGE_CONFIG.format(
-            state="sqlite:///state.db",
-            port=port,
-            bootstrap=bootstrap,
-            topic=topic,
-            out=out,
-            group=f"instr-{suffix}",
-            settings=json.dumps(VALGRIND_SETTINGS),
-            url=url,
-            mode=mode,
+        port = write_bridge_config(
+            work, mode, bootstrap, url, topic, out, settings=VALGRIND_SETTINGS
         )
-        (work / "bridge.yaml").write_text(config)
         args = [
             "valgrind",
             "--tool=callgrind",

@@ -202,6 +202,34 @@ class Results:
 # --------------------------------------------------------------------------- systems
 
 
+def write_bridge_config(
+    work: Path,
+    mode: str,
+    bootstrap: str,
+    url: str,
+    topic: str,
+    out: str,
+    *,
+    state: str = "sqlite:///state.db",
+    settings: dict[str, Any] | None = None,
+) -> int:
+    """Write ``work/bridge.yaml`` (``BRIDGE_CONFIG``); return the admin port it uses."""
+    port = free_port()
+    config = BRIDGE_CONFIG.format(
+        state=state,
+        port=port,
+        bootstrap=bootstrap,
+        topic=topic,
+        out=out,
+        group=f"bench-{uuid.uuid4().hex[:6]}",
+        settings=json.dumps(SETTINGS if settings is None else settings),
+        url=url,
+        mode=mode,
+    )
+    (work / "bridge.yaml").write_text(config)
+    return port
+
+
 def run_bridge(
     mode: str,
     bootstrap: str,
@@ -211,19 +239,7 @@ def run_bridge(
     work: Path,
     state: str = "sqlite:///state.db",
 ) -> Any:
-    port = free_port()
-    config = BRIDGE_CONFIG.format(
-        state=state,
-        port=port,
-        bootstrap=bootstrap,
-        topic=topic,
-        out=out,
-        group=f"bench-{uuid.uuid4().hex[:6]}",
-        settings=json.dumps(SETTINGS),
-        url=url,
-        mode=mode,
-    )
-    (work / "bridge.yaml").write_text(config)
+    write_bridge_config(work, mode, bootstrap, url, topic, out, state=state)
     args = [sys.executable, "-m", "consumer_core", "--log-level", "warning", "run", "bridge.yaml"]
     return start(args, cwd=work, log=work / "bridge.log")
 
