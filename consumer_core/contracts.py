@@ -250,7 +250,9 @@ class Sink(Protocol):
 
     ``emit`` returns once every event is safely delivered, or raises ``SinkError``
     (retryable per class) or ``PartialFailure`` naming the event ids not delivered;
-    the core retries the rest. It may be called again with the same events.
+    the core retries the rest. It may be called again with the same events. An event
+    over what the sink can take in one message is named in ``too_large_ids``: the core
+    then sends a reduced copy of it (``events.reduced``).
     """
 
     name: str

@@ -13,13 +13,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import TYPE_CHECKING
 
 from consumer_core.admin.tracing import Tracing
 from consumer_core.contracts import Sink
 from consumer_core.errors import PartialFailure, SinkError, StoreError
-from consumer_core.events import CloudEvent, structured_dict
+from consumer_core.events import CloudEvent, reduced, structured_dict
 from consumer_core.tasks import TaskState
 
 if TYPE_CHECKING:
@@ -122,26 +122,44 @@ class ResultDelivery:
         tracing = self.pipeline.tracing
         spans = tracing.send(sink.name, [t.span for t in tasks]) if tracing.enabled else []
         try:
-            await self._emit_until_done(sink, events)
+            await self._emit_until_done(sink, events, tasks)
         finally:
             for span in spans:
                 Tracing.end(span)
 
-    async def _emit_until_done(self, sink: Sink, events: list[CloudEvent]) -> None:
+    async def _emit_until_done(
+        self, sink: Sink, events: list[CloudEvent], tasks: Sequence[Task]
+    ) -> None:
         delay = 0.05
         pending = events
+        copies: set[str] = set()  # ids sent as a reduced copy (a copy is not reduced again)
         while True:
             try:
                 await sink.emit(pending)
                 return
             except PartialFailure as exc:
+                too_large = exc.too_large_ids - copies
                 self._give_up(
-                    sink, [e for e in pending if str(e.get_id()) in exc.undeliverable_ids]
+                    sink,
+                    [
+                        e
+                        for e in pending
+                        if str(e.get_id()) in exc.undeliverable_ids | (exc.too_large_ids & copies)
+                    ],
                 )
-                pending = [e for e in pending if str(e.get_id()) in exc.failed_ids]
+                if too_large:
+                    copies |= too_large
+                    self._keep_results(sink, too_large, tasks)
+                pending = [
+                    reduced(e) if str(e.get_id()) in too_large else e
+                    for e in pending
+                    if str(e.get_id()) in exc.failed_ids or str(e.get_id()) in too_large
+                ]
                 error: SinkError = exc
                 if not pending:
                     return
+                if too_large and not exc.failed_ids:
+                    continue  # only reduced copies to send: nothing to wait for
             except SinkError as exc:
                 error = exc
             self.pipeline.res.metrics.sink_failures.labels(self.pipeline.name, sink.name).inc()
@@ -172,6 +190,28 @@ class ResultDelivery:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _keep_results(self, sink: Sink, ids: Set[str], tasks: Sequence[Task]) -> None:
+        """The result events ``ids`` are too large for ``sink``: keep each whole in its
+        task record (a failure's original event is kept anyway), where the reduced copy's
+        ``dataref`` points."""
+        name = self.pipeline.name
+        self.pipeline.res.metrics.reduced_results.labels(name, sink.name).inc(len(ids))
+        for task in tasks:
+            event = task.result
+            if event is None or str(event.get_id()) not in ids:
+                continue
+            if task.record.state is TaskState.SUCCEEDED:
+                task.record.result = structured_dict(event)
+            log.warning(
+                "pipeline %s: result %s of task %s is too large for sink %s; it gets a copy "
+                "without the data, and the task keeps the whole event",
+                name,
+                event.get_id(),
+                task.record.id,
+                sink.name,
+                extra={"pipeline": name},
+            )
 
     def _give_up(self, sink: Sink, events: list[CloudEvent]) -> None:
         if not events:

@@ -99,16 +99,24 @@ class SinkError(BridgeError):
 class PartialFailure(SinkError):
     """Some events of a batch were delivered and some were not.
 
-    ``failed_ids`` are retried. ``undeliverable_ids`` can never be delivered (an event
-    over the service's size limit): the core gives up on those for this sink, logs an
+    ``failed_ids`` are retried. ``too_large_ids`` are over what the sink can take in
+    one message: the core sends a reduced copy of each instead (``events.reduced``),
+    keeping the whole event in the task store. ``undeliverable_ids`` can never be
+    delivered, not even reduced: the core gives up on those for this sink, logs an
     ERROR and counts them in ``bridge_undeliverable_results_total``.
     """
 
     def __init__(
-        self, message: str, failed_ids: Iterable[str], undeliverable_ids: Iterable[str] = ()
+        self,
+        message: str,
+        failed_ids: Iterable[str],
+        undeliverable_ids: Iterable[str] = (),
+        *,
+        too_large_ids: Iterable[str] = (),
     ) -> None:
         self.failed_ids: frozenset[str] = frozenset(failed_ids)
         self.undeliverable_ids: frozenset[str] = frozenset(undeliverable_ids)
+        self.too_large_ids: frozenset[str] = frozenset(too_large_ids)
         super().__init__(message)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "is_json_type",
     "normalize",
     "partition_key",
+    "reduced",
     "rfc3339",
     "structured_bytes",
     "structured_dict",
@@ -51,6 +52,8 @@ JSON_FORMAT: Final = JSONFormat()
 MESSAGE_TYPE: Final = "bridge.message"
 SUCCEEDED_TYPE: Final = "bridge.task.succeeded"
 FAILED_TYPE: Final = "bridge.task.failed"
+RESULT_SOURCE: Final = "/bridge/pipelines/"
+"""Every result event's ``source`` starts so, followed by the pipeline's name."""
 _JSON_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-\.]+\+)?json(;.*)?$")
 
 
@@ -237,7 +240,7 @@ def _result_attributes(
         "specversion": "1.0",
         "id": new_id(),
         "type": type_,
-        "source": f"/bridge/pipelines/{pipeline}",
+        "source": RESULT_SOURCE + pipeline,
         "subject": str(original.get_id()),
         "time": datetime.now(UTC),
         "tenant": tenant,
@@ -301,3 +304,33 @@ def failed_event(
         "event": structured_dict(original),
     }
     return trusted_event(attributes, codec.dumps(body))
+
+
+def reduced(event: CloudEvent) -> CloudEvent:
+    """A copy of result ``event`` for a sink that refused it as too large.
+
+    Every attribute stays (the id too: it is the same result), and two are added:
+    ``dataref``, the task in the admin API (``/v1/tasks/{pipeline}:{subject}``), where
+    the whole event is kept (a success's ``result``, a failure's original ``event``);
+    and ``dataomitted``, how many bytes of data were left out. A success loses its data.
+    A failure keeps its error and the original event's attributes, and loses the
+    original's data.
+    """
+    attributes = dict(event.get_attributes())
+    pipeline = str(attributes.get("source", "")).removeprefix(RESULT_SOURCE)
+    attributes["dataref"] = f"/v1/tasks/{pipeline}:{attributes.get('subject', '')}"
+    data = event.get_data()
+    raw = data if isinstance(data, bytes) else codec.dumps(data) if data is not None else b""
+    if attributes.get("type") == FAILED_TYPE:
+        body = codec.loads(raw)
+        original = dict(body.get("event") or {})
+        left_out = original.pop("data", None), original.pop("data_base64", None)
+        omitted = sum(len(codec.dumps(v)) for v in left_out if v is not None)
+        attributes["dataomitted"] = omitted
+        return trusted_event(
+            attributes, codec.dumps({"error": body.get("error"), "event": original})
+        )
+    attributes.pop("datacontenttype", None)
+    attributes.pop("dataschema", None)
+    attributes["dataomitted"] = len(raw)
+    return trusted_event(attributes, None)

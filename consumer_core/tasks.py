@@ -117,6 +117,9 @@ class TaskRecord:
     history: list[AttemptRecord] = field(default_factory=list)
     event: dict[str, Any] | None = None
     """The original event (structured form), kept for failed tasks so they can be re-driven."""
+    result: dict[str, Any] | None = None
+    """The result event (structured form), kept when a sink could take only a reduced
+    copy of it (``events.reduced``): the copy's ``dataref`` points here."""
 
     def move(self, to: TaskState) -> None:
         check_transition(self.id, self.state, to)
@@ -149,17 +152,24 @@ class TaskRecord:
     def stored(self) -> tuple[dict[str, Any], float | None]:
         """What a store keeps: the document without the stage durations (``from_json``
         does not read them; they follow from the timestamps), with the event of a
-        failed task (for re-drive), and ``finished_at``."""
+        failed task (for re-drive) and a result only a reduced copy of which went out,
+        and ``finished_at``."""
         doc = self._document()
-        if self.event is not None:
-            doc["event"] = self.event
+        self._kept(doc)
         return doc, self.finished_at
 
     def to_json(self) -> dict[str, Any]:
-        """The task as the admin API shows it."""
+        """The task as the admin API shows it (with the events kept, when there are)."""
         doc = self._document()
         doc["durations"] = self.stage_durations()
+        self._kept(doc)
         return doc
+
+    def _kept(self, doc: dict[str, Any]) -> None:
+        if self.event is not None:
+            doc["event"] = self.event
+        if self.result is not None:
+            doc["result"] = self.result
 
     def _document(self) -> dict[str, Any]:
         return {
@@ -202,4 +212,5 @@ class TaskRecord:
             error=doc.get("error"),
             history=[AttemptRecord(**a) for a in doc.get("history", [])],
             event=doc.get("event"),
+            result=doc.get("result"),
         )

@@ -8,8 +8,9 @@ under ``detail``; a rule's target receives the EventBridge envelope with the
 CloudEvent as its ``detail``.
 
 Ten entries (at most 256 KiB) per call; entries counted in ``FailedEntryCount`` are
-sent again, only they (``connectors.sqs.batches``). An entry over 256 KiB, or one
-EventBridge refuses as malformed, is logged at ERROR and dropped: it can never be
+sent again, only they (``connectors.sqs.batches``). An entry over 256 KiB is reported
+as too large, and the core puts a reduced copy of it instead (docs/sinks.md). One
+EventBridge refuses as malformed is logged at ERROR and dropped: it can never be
 delivered, and the core would otherwise retry it for ever (docs/connectors/sqs.md).
 """
 

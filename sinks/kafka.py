@@ -62,12 +62,14 @@ class _Emit:
     last report completes ``future`` (via ``call_soon_threadsafe`` from the thread).
     """
 
-    __slots__ = ("expected", "failures", "future", "lock", "loop", "reported")
+    __slots__ = ("expected", "failures", "future", "lock", "loop", "reported", "too_large")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.failures: dict[str, str] = {}
+        self.too_large: set[str] = set()
+        """Refused for their size (by the client's ``message.max.bytes`` or the topic's)."""
         self.reported = 0
         self.expected: int | None = None
         self.lock = threading.Lock()
@@ -76,6 +78,8 @@ class _Emit:
         with self.lock:
             if error is not None:
                 self.failures[event_id] = error.str()
+                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    self.too_large.add(event_id)
             self.reported += 1
             last = self.reported == self.expected
         if last:
@@ -203,9 +207,14 @@ class KafkaSink:
         if not failures:
             return
         first = next(iter(failures.values()))
-        if len(failures) == len(events):
+        too_large = call.too_large
+        if len(failures) == len(events) and not too_large:
             raise SinkError(f"kafka sink {self.name}: {first}")
-        raise PartialFailure(f"kafka sink {self.name}: {len(failures)} failed ({first})", failures)
+        raise PartialFailure(
+            f"kafka sink {self.name}: {len(failures)} failed ({first})",
+            [i for i in failures if i not in too_large],
+            too_large_ids=too_large,
+        )
 
     async def _produce(
         self,
@@ -230,6 +239,8 @@ class KafkaSink:
             except BufferError:
                 await asyncio.sleep(FULL_QUEUE_WAIT)  # the poll thread drains the queue
             except KafkaException as exc:
+                if exc.args and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    call.too_large.add(event_id)
                 return str(exc)
 
     async def _restart(self) -> None:

@@ -11,8 +11,9 @@ FIFO queues (URL ending in ``.fifo``): MessageGroupId is the event's ``partition
 resent event is stored once); calls go one after the other and an event never
 overtakes an earlier failed one of its group.
 
-An event too large for SQS is logged at ERROR and dropped, as is one SQS refuses for
-good; see docs/connectors/sqs.md.
+An event too large for SQS (over 256 KiB) is reported as such, and the core sends a
+reduced copy of it instead (docs/sinks.md); one SQS refuses for good is logged at
+ERROR and dropped (docs/connectors/sqs.md).
 """
 
 from __future__ import annotations

@@ -11,13 +11,15 @@ Requests go through the function target's lean HTTP/1.1 client (keep-alive pool 
 connections, ``httptools`` parser): a result POST costs about a third of aiohttp's CPU,
 and a busy pipeline posts one per task. Redirects are not followed: a 3xx answer fails
 the event like any other non-2xx (a signed result is not re-sent to another address).
+A 413 (Payload Too Large) reports the event as too large: the core posts a reduced
+copy of it instead (docs/sinks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Self
+from typing import Final, Self
 
 from cloudevents.core.bindings import http as ce_http
 
@@ -28,6 +30,8 @@ from consumer_core.errors import PartialFailure, SinkError
 from consumer_core.events import JSON_FORMAT, CloudEvent, partition_key, structured_bytes
 from consumer_core.tls import ssl_context
 from sinks.signing import SIGNATURE_HEADER, sign
+
+TOO_LARGE: Final = "HTTP 413"
 
 __all__ = ["WebhookSink"]
 
@@ -110,10 +114,14 @@ class WebhookSink:
             return None
         return f"HTTP {status}"
 
-    async def _post_chain(self, chain: list[CloudEvent], failures: dict[str, str]) -> None:
+    async def _post_chain(
+        self, chain: list[CloudEvent], failures: dict[str, str], too_large: set[str]
+    ) -> None:
         for index, event in enumerate(chain):
             error = await self._post(event)
             if error is not None:
+                if error == TOO_LARGE:
+                    too_large.add(str(event.get_id()))
                 # Later events of the same key must not overtake this one.
                 for rest in chain[index:]:
                     failures[str(rest.get_id())] = error
@@ -125,10 +133,17 @@ class WebhookSink:
             key = partition_key(event)
             chains.setdefault(key if key is not None else object(), []).append(event)
         failures: dict[str, str] = {}
-        await asyncio.gather(*(self._post_chain(chain, failures) for chain in chains.values()))
+        too_large: set[str] = set()
+        await asyncio.gather(
+            *(self._post_chain(chain, failures, too_large) for chain in chains.values())
+        )
         if not failures:
             return
         first = next(iter(failures.values()))
-        if len(failures) == len(events):
+        if len(failures) == len(events) and not too_large:
             raise SinkError(f"webhook {self.url}: {first}")
-        raise PartialFailure(f"webhook {self.url}: {len(failures)} failed ({first})", failures)
+        raise PartialFailure(
+            f"webhook {self.url}: {len(failures)} failed ({first})",
+            [i for i in failures if i not in too_large],
+            too_large_ids=too_large,
+        )

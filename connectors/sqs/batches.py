@@ -3,19 +3,20 @@
 Shared by ``sinks.sqs`` and ``sinks.eventbridge``. Both APIs take at most ten
 entries and 256 KiB per call and answer per entry, so the logic is the same:
 
-* an entry over ``max_bytes`` can never be sent: it is logged at ERROR and dropped
-  (the core retries every ``SinkError`` for ever, so reporting it would stall the
-  pipeline; see docs/connectors/sqs.md);
+* an entry over ``max_bytes`` cannot be sent as it is: it is reported as too large
+  (``PartialFailure.too_large_ids``), and the core sends a reduced copy of it instead
+  (``consumer_core.events.reduced``; see docs/sinks.md);
 * the rest are packed into calls by count and size and sent (one call after the
   other when ``ordered``, else a few at once);
 * entries refused for a transient reason are sent again, only they, for a few rounds;
   entries refused for good (the service says the sender is at fault) are logged at
-  ERROR and dropped like oversized ones;
-* what still failed is raised: ``PartialFailure`` naming those event ids, or the
-  call's ``SinkError`` when nothing got through.
+  ERROR and dropped;
+* what still failed is raised: ``PartialFailure`` naming those event ids (and the
+  too large ones), or the call's ``SinkError`` when nothing got through.
 
-When ``ordered``, an event whose key already failed in this call is not sent (it
-would overtake the failed one); it fails with it and is retried after it.
+When ``ordered``, an event whose key already failed in this call, or has a too large
+event before it, is not sent (it would overtake that one); it fails with it and is
+retried after it.
 """
 
 from __future__ import annotations
@@ -86,12 +87,23 @@ async def send_entries(
     max_bytes: int = MAX_BATCH_BYTES,
 ) -> None:
     """Send every entry (see the module docstring); raise for what could not be sent."""
-    pending = [e for e in entries if not _too_large(sink, e, max_bytes)]
+    too_large = [e.event_id for e in entries if e.size > max_bytes]
+    pending = [e for e in entries if e.size <= max_bytes]
+    held: list[Entry] = []  # behind a too large event of their key
+    if ordered and too_large:
+        blocked: set[str] = set()
+        for entry in entries:
+            if entry.key is not None and entry.key in blocked:
+                held.append(entry)
+            elif entry.size > max_bytes and entry.key is not None:
+                blocked.add(entry.key)
+        held_ids = {e.event_id for e in held}
+        pending = [e for e in pending if e.event_id not in held_ids]
     failures: dict[str, EntryFailure] = {}
     call_error: SinkError | None = None
     for attempt in range(ROUNDS):
         if not pending:
-            return
+            break
         if attempt:
             await asyncio.sleep(0.1 * attempt)
         failures, call_error = await _round(pending, send, ordered, max_entries, max_bytes)
@@ -107,28 +119,22 @@ async def send_entries(
         pending = [
             e for e in pending if e.event_id in failures and not failures[e.event_id].permanent
         ]
-    if not pending:
+    if not pending and not too_large:
         return
     if call_error is not None and len(pending) == len(entries):
         raise call_error
-    first = failures[pending[0].event_id].reason
+    failed = [e.event_id for e in pending + held]
+    reason = (
+        failures[pending[0].event_id].reason
+        if pending
+        else f"over the {max_bytes}-byte limit of one entry"
+    )
     raise PartialFailure(
-        f"{sink}: {len(pending)} of {len(entries)} events not delivered ({first})",
-        [e.event_id for e in pending],
+        f"{sink}: {len(failed) + len(too_large)} of {len(entries)} events not delivered "
+        f"({len(too_large)} too large; {reason})",
+        failed,
+        too_large_ids=too_large,
     )
-
-
-def _too_large(sink: str, entry: Entry, max_bytes: int) -> bool:
-    if entry.size <= max_bytes:
-        return False
-    log.error(
-        "%s: event %s is %d bytes, over the %d-byte limit of one entry; dropped",
-        sink,
-        entry.event_id,
-        entry.size,
-        max_bytes,
-    )
-    return True
 
 
 async def _round(

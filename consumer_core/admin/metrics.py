@@ -213,7 +213,14 @@ class Metrics:
         )
         self.undeliverable = Counter(
             "bridge_undeliverable_results",
-            "Result events a sink can never take (too large...), given up for that sink.",
+            "Result events a sink can never take, not even reduced, given up for that sink.",
+            ["pipeline", "sink"],
+            registry=r,
+        )
+        self.reduced_results = Counter(
+            "bridge_reduced_results",
+            "Result events too large for a sink, sent to it as a reduced copy (data left "
+            "out, the whole event kept in the task record).",
             ["pipeline", "sink"],
             registry=r,
         )

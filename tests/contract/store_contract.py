@@ -89,6 +89,14 @@ def full_record() -> TaskRecord:
             "type": "order.created",
             "data": {"items": [1, 2.5, None, True], "note": "ﬁne \u2603"},
         },
+        result={
+            "specversion": "1.0",
+            "id": "r-1",
+            "source": "/bridge/pipelines/orders",
+            "type": "bridge.task.succeeded",
+            "subject": "e-1",
+            "data": {"blob": "y" * 1000},
+        },
     )
 
 

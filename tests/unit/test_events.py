@@ -5,6 +5,8 @@ import pytest
 from consumer_core.events import (
     failed_event,
     from_http,
+    reduced,
+    structured_bytes,
     structured_dict,
     succeeded_event,
     wrap,
@@ -127,3 +129,39 @@ def test_result_event_ids_are_unique_version_4_uuids():
     child = child_traceparent(parent)
     assert child.startswith("00-" + "ab" * 16 + "-")
     assert child != parent
+
+
+def test_reduced_copies_keep_every_attribute_and_point_at_the_task():
+    original = wrap(
+        b"\x00" * 200_000,
+        event_id="orig-1",
+        source="/shop",
+        content_type="application/octet-stream",
+        extensions={"partitionkey": "cust-7"},
+    )
+    common = {"pipeline": "orders", "original": original, "tenant": "acme", "attempts": 2}
+    ok = succeeded_event(**common, traceparent=None, data=b"y" * 300_000, content_type="text/plain")
+    copy = reduced(ok)
+    attributes = copy.get_attributes()
+    assert {k: v for k, v in attributes.items() if k not in ("dataref", "dataomitted")} == {
+        k: v for k, v in ok.get_attributes().items() if k != "datacontenttype"
+    }
+    assert attributes["dataref"] == "/v1/tasks/orders:orig-1"
+    assert attributes["dataomitted"] == 300_000
+    assert copy.get_data() is None
+    assert len(structured_bytes(copy)) < 1000
+
+    failed = failed_event(
+        **common, traceparent=None, kind=ErrorKind.CLIENT_ERROR, message="HTTP 400", status=400
+    )
+    assert len(structured_bytes(failed)) > 256 * 1024, "base64 makes 200 KB into 267 KB"
+    body = json.loads(reduced(failed).get_data())
+    assert body["error"] == {"kind": "client_error", "message": "HTTP 400", "status": 400}
+    assert body["event"]["id"] == "orig-1"
+    assert body["event"]["partitionkey"] == "cust-7"
+    assert "data" not in body["event"]
+    assert "data_base64" not in body["event"]
+    failed_copy = reduced(failed).get_attributes()
+    assert failed_copy["dataref"] == "/v1/tasks/orders:orig-1"
+    assert failed_copy["dataomitted"] > 266_000
+    assert failed_copy["id"] == failed.get_id(), "the same result: the same id"

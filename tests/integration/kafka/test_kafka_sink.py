@@ -61,9 +61,9 @@ async def test_sink_produces_binary_cloudevents_keyed_and_in_order(tansu: Tansu)
 
 
 async def test_refused_event_fails_itself_and_the_rest_of_its_key(tansu: Tansu) -> None:
-    """``produce`` refuses a record above ``message.max.bytes``: that event and the
-    later ones of its key are reported failed (so a retry cannot reorder the key);
-    other keys are delivered."""
+    """``produce`` refuses a record above ``message.max.bytes``: that event is reported
+    too large (the core sends a reduced copy), the later ones of its key failed (so the
+    copy cannot be overtaken); other keys are delivered."""
     topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("results"), 2)
     sink = sink_for(tansu.bootstrap, topic, **{"message.max.bytes": 10_000})
     await sink.connect()
@@ -76,7 +76,8 @@ async def test_refused_event_fails_itself_and_the_rest_of_its_key(tansu: Tansu) 
         ]
         with pytest.raises(PartialFailure) as failure:
             await sink.emit(events)
-        assert failure.value.failed_ids == {"r-2", "r-3"}
+        assert failure.value.too_large_ids == {"r-2"}
+        assert failure.value.failed_ids == {"r-3"}
         assert failure.value.retryable
     finally:
         await sink.close()

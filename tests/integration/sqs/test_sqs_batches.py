@@ -46,11 +46,12 @@ class ScriptedApi:
     change_message_visibility_batch = _answer
 
 
-def event(n: int, key: str | None = None) -> CloudEvent:
+def event(n: int, key: str | None = None, size: int = 0) -> CloudEvent:
     attributes = {"id": f"e{n}", "source": "/bridge/pipelines/t", "type": "bridge.task.succeeded"}
     if key is not None:
         attributes["partitionkey"] = key
-    return CloudEvent({"specversion": "1.0", **attributes}, b'{"n": 1}')
+    data = b'{"n": 1}' if not size else b'{"pad": "' + b"x" * size + b'"}'
+    return CloudEvent({"specversion": "1.0", **attributes}, data)
 
 
 def sqs_sink(api: ScriptedApi, url: str = "http://q/123/results") -> SQSSink:
@@ -112,6 +113,34 @@ async def test_fifo_sink_never_lets_an_event_overtake_a_failed_one_of_its_group(
     assert sent[2] == ["e3", "e10", "e11"]
     assert api.calls[0]["Entries"][0]["MessageGroupId"] == "g"
     assert api.calls[0]["Entries"][0]["MessageDeduplicationId"] == "e0"
+
+
+async def test_sinks_report_an_event_over_256_kib_as_too_large_and_send_the_rest() -> None:
+    api = ScriptedApi({})
+    with pytest.raises(PartialFailure) as caught:
+        await sqs_sink(api).emit([event(0), event(1, size=300_000), event(2)])
+    assert [bodies(c) for c in api.calls] == [["e0", "e2"]]
+    assert caught.value.too_large_ids == {"e1"}
+    assert caught.value.failed_ids == frozenset()
+
+    api = ScriptedApi({"FailedEntryCount": 0, "Entries": [{"EventId": "a"}]})
+    sink = EventBridgeSink(name="t", event_bus_name="bus", endpoint=ENDPOINT)
+    sink.client._client = api
+    with pytest.raises(PartialFailure) as caught:
+        await sink.emit([event(0), event(1, size=300_000)])
+    assert len(api.calls) == 1
+    assert len(api.calls[0]["Entries"]) == 1
+    assert caught.value.too_large_ids == {"e1"}
+
+
+async def test_fifo_sink_holds_the_events_behind_a_too_large_one_of_their_group() -> None:
+    events = [event(0, key="g"), event(1, key="g", size=300_000), event(2, key="g")]
+    api = ScriptedApi({})
+    with pytest.raises(PartialFailure) as caught:
+        await sqs_sink(api, "http://q/123/results.fifo").emit([*events, event(3, key="h")])
+    assert [bodies(c) for c in api.calls] == [["e0", "e3"]]
+    assert caught.value.too_large_ids == {"e1"}
+    assert caught.value.failed_ids == {"e2"}, "e2 waits for e1's reduced copy"
 
 
 async def test_eventbridge_sink_resends_only_failed_entries() -> None:

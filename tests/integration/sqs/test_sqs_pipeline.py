@@ -26,9 +26,14 @@ def sqs_sink(aws: Any, url: str) -> dict[str, Any]:
     return {"type": "sqs", "queue_url": url, "endpoint_url": aws.server.url}
 
 
-def received_total(bridge: Any, pipeline: str) -> float:
+def metrics_text(bridge: Any) -> str:
     with urllib.request.urlopen(bridge.url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+        text: str = response.read().decode()
+    return text
+
+
+def received_total(bridge: Any, pipeline: str) -> float:
+    text = metrics_text(bridge)
     pattern = rf'^bridge_messages_received_total{{pipeline="{pipeline}"}} (\S+)$'
     match = re.search(pattern, text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -270,3 +275,89 @@ async def test_message_that_fails_for_good_moves_to_the_redrive_dead_letter_queu
     assert moved["MessageAttributes"]["tenant"]["StringValue"] == "acme"
     assert await aws.wait_empty(source, timeout=5) == 0
     assert [c.event_id for c in fn.calls].count(ids[1]) == 1, "a permanent failure: no retry"
+
+
+async def test_results_over_256_kib_arrive_reduced_and_the_task_keeps_them_whole(
+    aws, function_server, sqs_bridge
+) -> None:
+    """SQS takes 256 KiB per message. A function answer of 300 KB, and the failure event
+    of a 300 KB message (which embeds it), reach their queues as reduced copies: every
+    attribute, the error, and a ``dataref`` to the task, which keeps the whole event."""
+    ok_queue, failed_queue = await aws.create_queue("big-ok"), await aws.create_queue("big-no")
+
+    def behaviour(call: Call) -> Reply:
+        if call.data.get("fail"):
+            return Reply(400, {"error": "no"})
+        if call.data.get("big"):
+            return Reply(200, {"blob": "y" * 300_000})
+        return Reply(200, {"small": True})
+
+    fn = await function_server(behaviour).start()
+    bridge = sqs_bridge(
+        name="big",
+        source={"type": "embedded"},
+        target=fn.url,
+        on_success=[sqs_sink(aws, ok_queue)],
+        on_failure=[sqs_sink(aws, failed_queue)],
+    )
+    bodies = {
+        "small": {"n": 1},
+        "large-answer": {"big": True},
+        "large-failure": {"fail": True, "pad": "x" * 300_000},
+        "small-failure": {"fail": True},
+    }
+    for event_id, body in bodies.items():
+        headers = {
+            "ce-id": event_id,
+            "ce-source": "/test",
+            "ce-type": "job",
+            "ce-specversion": "1.0",
+            "Content-Type": "application/json",
+        }
+        status, doc = bridge.post_event("big", json.dumps(body).encode(), headers)
+        assert status == 202, doc
+
+    ok = {
+        e["subject"]: e
+        for e in map(json.loads, (m["Body"] for m in await aws.collect(ok_queue, 2, timeout=30)))
+    }
+    no = {
+        e["subject"]: e
+        for e in map(
+            json.loads, (m["Body"] for m in await aws.collect(failed_queue, 2, timeout=30))
+        )
+    }
+
+    assert ok["small"]["data"] == {"small": True}
+    assert "dataref" not in ok["small"]
+    answer = ok["large-answer"]
+    assert "data" not in answer
+    assert answer["dataref"] == "/v1/tasks/big:large-answer"
+    assert answer["dataomitted"] >= 300_000
+    assert answer["type"] == "bridge.task.succeeded"
+    assert answer["tenant"] == "default"
+    status, task = bridge.get(answer["dataref"])
+    assert status == 200
+    assert task["state"] == "succeeded"
+    assert task["result"]["id"] == answer["id"]
+    assert task["result"]["data"] == {"blob": "y" * 300_000}
+
+    assert no["small-failure"]["data"]["event"]["data"] == {"fail": True}
+    failure = no["large-failure"]
+    assert failure["dataref"] == "/v1/tasks/big:large-failure"
+    assert failure["data"]["error"]["status"] == 400
+    assert failure["data"]["event"]["id"] == "large-failure"
+    assert "data" not in failure["data"]["event"]
+    status, task = bridge.get(failure["dataref"])
+    assert status == 200
+    assert task["state"] == "failed"
+    assert task["event"]["data"]["pad"] == "x" * 300_000, "kept for re-drive, whole"
+
+    metrics = metrics_text(bridge)
+    reduced = re.findall(
+        r'^bridge_reduced_results_total\{pipeline="big",sink="[^"]+"\} (\S+)$',
+        metrics,
+        re.MULTILINE,
+    )
+    assert sorted(float(v) for v in reduced) == [1.0, 1.0]
+    assert "bridge_undeliverable_results_total{" not in metrics

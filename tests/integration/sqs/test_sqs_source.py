@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -13,8 +12,8 @@ import pytest
 from connectors.sqs.client import AwsEndpoint
 from connectors.sqs.source import SQSSource
 from consumer_core.contracts import Delivery
-from consumer_core.errors import FatalClientError
-from consumer_core.events import CloudEvent
+from consumer_core.errors import FatalClientError, PartialFailure
+from consumer_core.events import CloudEvent, reduced
 from sinks.eventbridge import EventBridgeSink
 
 pytestmark = pytest.mark.sqs
@@ -114,21 +113,33 @@ async def test_lag_counts_waiting_and_in_flight_messages(aws, open_source) -> No
     assert source.lag() == {url.rsplit("/", 1)[-1]: 3}
 
 
-async def test_eventbridge_sink_drops_an_event_over_256_kib_with_an_error(aws, caplog) -> None:
+async def test_eventbridge_sink_reports_an_event_over_256_kib_and_takes_its_copy(aws) -> None:
     bus, target = await aws.bus_to_queue("big")
     sink = EventBridgeSink(
         name="t", event_bus_name=bus, endpoint=AwsEndpoint(endpoint_url=aws.server.url)
     )
-    base = {"specversion": "1.0", "source": "/bridge/pipelines/t", "type": "bridge.task.succeeded"}
+    base = {
+        "specversion": "1.0",
+        "source": "/bridge/pipelines/t",
+        "type": "bridge.task.succeeded",
+        "subject": "orig",
+    }
     big = CloudEvent({**base, "id": "big"}, json.dumps({"blob": "x" * 300_000}).encode())
     small = CloudEvent({**base, "id": "small"}, b'{"ok": true}')
     await sink.connect()
     try:
-        with caplog.at_level(logging.ERROR):
+        with pytest.raises(PartialFailure) as caught:
             await sink.emit([big, small])
+        assert caught.value.too_large_ids == {"big"}
+        assert caught.value.failed_ids == frozenset()
+        (arrived,) = await aws.collect(target, 1, timeout=5)
+        assert json.loads(arrived["Body"])["detail"]["id"] == "small"
+        await sink.emit([reduced(big)])  # what the core sends next
     finally:
         await sink.close()
     (arrived,) = await aws.collect(target, 1, timeout=5)
-    assert json.loads(arrived["Body"])["detail"]["id"] == "small"
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert any("big" in m and "limit" in m for m in errors), errors
+    detail = json.loads(arrived["Body"])["detail"]
+    assert detail["id"] == "big"
+    assert detail["dataref"] == "/v1/tasks/t:orig"
+    assert detail["dataomitted"] > 300_000
+    assert "data" not in detail
