@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Clock",
     "Delivery",
+    "FloodGuard",
     "FollowsWindow",
     "Intake",
     "Pausable",
@@ -196,6 +197,10 @@ RawTenant = Callable[
 """A message's tenant from its raw key and headers, or ``None`` when that cannot be
 told without decoding the message."""
 
+FloodGuard = Callable[[Mapping[str, int]], None]
+"""Looks at how many messages of each tenant one full read brought, before they are
+decoded; may add tenants to the spilling set (see ``Rereads``)."""
+
 
 @runtime_checkable
 class Rereads(Protocol):
@@ -203,12 +208,15 @@ class Rereads(Protocol):
     offset), so that a spilling tenant's backlog stays in the source instead of being
     copied into the store (``isolation.spill_by_reference``).
 
-    ``spill_by_reference(tenants, tenant_of)`` is called once, before the first
-    ``receive``. From then on, messages whose ``tenant_of(key, headers)`` is in
+    ``spill_by_reference(tenants, tenant_of, flood_guard)`` is called once, before the
+    first ``receive``. From then on, messages whose ``tenant_of(key, headers)`` is in
     ``tenants`` (a set the core keeps changing) are handed over undecoded: a delivery
     with ``reference``, ``positions`` and ``tenant`` set and no event stands for a run
     of them. Acking it means their references are safely stored, so a commit may pass
-    them.
+    them. ``flood_guard``, when given, is called with the count of each tenant's
+    messages in every read that brought as many as were asked for, before any of them
+    is decoded; a tenant it adds to ``tenants`` is handed over by reference from that
+    read on (so a flood is not decoded before the core sees it).
 
     A task never attempted is parked the same way, by ``position(delivery)``.
 
@@ -225,7 +233,9 @@ class Rereads(Protocol):
 
     full_read_at: float
 
-    def spill_by_reference(self, tenants: Set[str], tenant_of: RawTenant) -> None: ...
+    def spill_by_reference(
+        self, tenants: Set[str], tenant_of: RawTenant, flood_guard: FloodGuard | None = None
+    ) -> None: ...
 
     def position(self, delivery: Delivery) -> tuple[str, int] | None:
         """Where a (decoded) delivery of this source can be read again, as

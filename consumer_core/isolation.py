@@ -12,7 +12,7 @@ tenants are active, it holds ``inflight_share`` of the shared lane's in-flight w
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +143,11 @@ class Detector:
 
     def forget(self, tenant: str) -> None:
         self._samples.pop(tenant, None)
+
+    def seen(self) -> Set[str]:
+        """Tenants with an attempt in the window (more or less: quiet ones are dropped
+        once a window)."""
+        return self._samples.keys()
 
 
 def _share(tenant: str, counts: Mapping[str, int]) -> float | None:

@@ -214,7 +214,9 @@ class Pipeline:
             await start()
         await self.parking.start()
         if self.parking.rereads is not None:
-            self.parking.rereads.spill_by_reference(self.parking.spilling, self.checks.raw_tenant)
+            self.parking.rereads.spill_by_reference(
+                self.parking.spilling, self.checks.raw_tenant, self.tenancy.flood_guard
+            )
         log.info("pipeline %s started", self.name, extra=self._ctx)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._receive_loop(), name=f"{self.name}:receive")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from typing import TYPE_CHECKING
 
 from consumer_core.flow import AimdWindow
@@ -59,6 +59,33 @@ class Tenancy:
         flooding = self._isolate_flood({t for t in p.tenant_live if t not in p.lanes})
         if flooding is not None:
             await self.spill(now={flooding})
+
+    def flood_guard(self, counts: Mapping[str, int]) -> None:
+        """Called by a source that spills by reference with the tenants of a read that
+        brought all it asked for, before it decodes them. A tenant that brought most of
+        the read (``backlog_share``) and would then hold ``backlog_share`` of the buffer
+        is isolated, and spills by reference from this read on. Otherwise a buffer-full
+        of the flood would be decoded, admitted and parked before ``buffer_full`` saw
+        it, while the tenants queued behind the flood wait (docs/isolation.md)."""
+        p = self.pipeline
+        total = sum(counts.values())
+        # Isolating the only tenant protects nobody: others must be about (working now,
+        # or seen within the detector's window).
+        present = {t for t, n in p.tenant_live.items() if n} | set(counts) | p.detector.seen()
+        if not total or len(present) < 2:
+            return
+        share, capacity = p.thresholds.backlog_share, p.capacity()
+        for tenant, n in counts.items():
+            held = p.tenant_live[tenant] + n
+            if tenant in p.parking.spilling or n < share * total or held < share * capacity:
+                continue
+            if tenant not in p.lanes:
+                self._promote(
+                    tenant,
+                    f"floods: {n} of the {total} messages of one read, "
+                    f"{held} of a {capacity}-message buffer",
+                )
+            p.parking.spilling.add(tenant)
 
     def _isolate_flood(self, shared_tenants: set[str]) -> str | None:
         """A full buffer stops the source, so tenants queued behind the flood in the

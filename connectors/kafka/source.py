@@ -55,7 +55,7 @@ from connectors.kafka.headers import decode_record
 from connectors.kafka.offsets import OffsetTracker
 from connectors.kafka.reread import Rereader, parse_reference, reference
 from consumer_core.config.model import ComponentSpec
-from consumer_core.contracts import Delivery, RawTenant, Resources
+from consumer_core.contracts import Delivery, FloodGuard, RawTenant, Resources
 from consumer_core.errors import ConnectorError, FatalClientError
 
 __all__ = ["KafkaDelivery", "KafkaSource", "consumer_config"]
@@ -69,6 +69,8 @@ KEEPALIVE: Final = 1.0
 KEEPALIVE_BATCH: Final = 500
 RUN: Final = 256
 """Most consecutive references of one tenant and partition one delivery carries."""
+_UNKNOWN: Final = object()
+"""``_take``'s ``tenant`` when the caller did not look it up."""
 ZOMBIE_HOLD: Final = 60.0
 """The longest a returning partition's messages wait for zombies (a safety net: a
 zombie that is a redelivered duplicate of another task is never reported dropped)."""
@@ -236,6 +238,7 @@ class KafkaSource:
         self._config = config
         self._spill_tenants: Set[str] = frozenset()
         self._tenant_of: RawTenant | None = None
+        self._flood_guard: FloodGuard | None = None
         self._rereader: Rereader | None = None
 
     @classmethod
@@ -310,22 +313,26 @@ class KafkaSource:
         async with self._polling:
             messages = await self.client.consume(room, 0.0 if out else timeout)
             self._last_poll = time.monotonic()
-            if len(messages) >= room:
+            full = len(messages) >= room
+            if full:
                 self.full_read_at = self._last_poll
-            for delivery in self._accept(messages):
+            for delivery in self._accept(messages, full=full):
                 delivery._state.deliveries[delivery._offset] = delivery
                 out.append(delivery)
         return out
 
-    def _accept(self, messages: Sequence[Message[Any, Any]]) -> list[KafkaDelivery]:
+    def _accept(
+        self, messages: Sequence[Message[Any, Any]], *, full: bool = False
+    ) -> list[KafkaDelivery]:
         """Track ``messages``; return those that may go to the core now (in order) and
         hold the others (their partition still has zombies). Pauses partitions whose
-        buffer is full."""
+        buffer is full. A ``full`` read goes past the flood guard first."""
         ready: list[KafkaDelivery] = []
         to_pause: list[TopicPartition] = []
         run: KafkaDelivery | None = None  # the references being gathered
-        for message in messages:
-            delivery = self._take(message, run)
+        tenants = self._guard(messages) if full and self._flood_guard is not None else None
+        for index, message in enumerate(messages):
+            delivery = self._take(message, run, _UNKNOWN if tenants is None else tenants[index])
             if delivery is None or delivery is run:
                 continue
             run = delivery if delivery.reference is not None else None
@@ -366,10 +373,31 @@ class KafkaSource:
 
     # ----------------------------------------------------------------- spilling by reference
 
-    def spill_by_reference(self, tenants: Set[str], tenant_of: RawTenant) -> None:
+    def spill_by_reference(
+        self, tenants: Set[str], tenant_of: RawTenant, flood_guard: FloodGuard | None = None
+    ) -> None:
         """Hand messages of ``tenants`` over undecoded, as references (see ``Rereads``)."""
         self._spill_tenants = tenants
         self._tenant_of = tenant_of
+        self._flood_guard = flood_guard
+
+    def _raw_tenant(self, message: Message[Any, Any]) -> str | None:
+        assert self._tenant_of is not None
+        headers = message.headers()  # confluent-kafka keeps the list: decoding reuses it
+        return self._tenant_of(
+            message.key(), list(headers.items()) if isinstance(headers, dict) else headers
+        )
+
+    def _guard(self, messages: Sequence[Message[Any, Any]]) -> list[str | None]:
+        """Each message's tenant, after showing the flood guard how many each has."""
+        tenants = [self._raw_tenant(m) for m in messages]
+        counts: dict[str, int] = {}
+        for tenant in tenants:
+            if tenant is not None:
+                counts[tenant] = counts.get(tenant, 0) + 1
+        assert self._flood_guard is not None
+        self._flood_guard(counts)
+        return tenants
 
     def position(self, delivery: Delivery) -> tuple[str, int] | None:
         """``(topic/partition, offset)`` of a decoded record of a current assignment."""
@@ -393,11 +421,15 @@ class KafkaSource:
         return out
 
     def _take(
-        self, message: Message[Any, Any], run: KafkaDelivery | None = None
+        self,
+        message: Message[Any, Any],
+        run: KafkaDelivery | None = None,
+        tenant: str | object | None = _UNKNOWN,
     ) -> KafkaDelivery | None:
         """Track ``message`` and make a delivery of it; ``None`` for a record that is not
         one. A message of a tenant that spills by reference extends ``run`` (returned)
-        when it can, else starts a new run of references."""
+        when it can, else starts a new run of references. ``tenant`` is the message's
+        raw tenant when the caller has it already (else ``_UNKNOWN``)."""
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None or offset < 0:
             return None
@@ -415,11 +447,9 @@ class KafkaSource:
             state = self._states[tp] = PartitionState(tp, committed, state.generation)
             epoch = state.tracker.track(offset)
         if self._spill_tenants and self._tenant_of is not None:
-            headers = message.headers()
-            tenant = self._tenant_of(
-                message.key(), list(headers.items()) if isinstance(headers, dict) else headers
-            )
-            if tenant is not None and tenant in self._spill_tenants:
+            if tenant is _UNKNOWN:
+                tenant = self._raw_tenant(message)
+            if isinstance(tenant, str) and tenant in self._spill_tenants:
                 state.references += 1
                 if (
                     run is not None

@@ -48,10 +48,9 @@ async def test_noisy_tenant_does_not_hurt_the_others(name, tansu, tmp_path):
     base = baseline()
     # B..K keep at least 90% of their throughput
     assert outcome.good_throughput >= 0.9 * base.good_throughput, table(outcomes)
-    if name != "flood":
-        # and their p99 at most doubles (with a 150 ms floor for a noisy 2-core machine);
-        # a flood sits in the partitions ahead of B..K's messages: see docs/isolation.md
-        assert outcome.good_p99_ms <= 2 * max(base.good_p99_ms, 150.0), table(outcomes)
+    # and their p99 at most doubles (with a 150 ms floor for a noisy 2-core machine; a
+    # flood, read past undecoded from its first full read on, included: docs/isolation.md)
+    assert outcome.good_p99_ms <= 2 * max(base.good_p99_ms, 150.0), table(outcomes)
     # A was isolated, every partition's commits advanced while it was stuck
     assert "A was isolated" in outcome.notes, outcome.notes
     if name == "flood":

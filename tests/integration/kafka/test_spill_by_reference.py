@@ -113,6 +113,47 @@ async def test_a_spilling_tenants_messages_come_as_references_and_read_back(tans
         await source.close()
 
 
+async def test_the_flood_guard_sees_a_full_read_before_any_of_it_is_decoded(tansu: Tansu):
+    """A read that brings all it asked for is shown to the flood guard, tenant by
+    tenant, before decoding: a tenant the guard adds is taken by reference from that
+    read on, so not one message of its flood is decoded first."""
+    topic = tansu.create_topic(tansu.unique("spill"), 1)
+    tenants = ["B"] * 5 + ["A"] * 300 + ["B"] * 5
+    await asyncio.to_thread(tansu.produce, topic, [record(n, t) for n, t in enumerate(tenants)])
+    source = source_for(tansu, topic)
+    spilling: set[str] = set()
+    seen: list[dict[str, int]] = []
+
+    def guard(counts):
+        seen.append(dict(counts))
+        if counts.get("A", 0) > sum(counts.values()) // 2:
+            spilling.add("A")
+
+    source.spill_by_reference(spilling, raw_tenant, guard)
+    await source.connect()
+    got: list[Delivery] = []
+    try:
+        async with asyncio.timeout(60):
+            while sum(len(d.positions) or 1 for d in got) < len(tenants):
+                # asks for no more than is there: every read but the last is full
+                left = len(tenants) - sum(len(d.positions) or 1 for d in got)
+                got.extend(await source.receive(min(100, left), 0.5))
+        full_reads = [c for c in seen if sum(c.values()) == 100]
+        assert full_reads, seen
+        assert full_reads[0].get("A", 0) >= 90
+        decoded = [d.event.get_id() for d in got if d.reference is None and d.event]
+        assert all(tenants[int(i[1:])] == "B" for i in decoded), "no A message was decoded"
+        assert sorted(decoded, key=lambda i: int(i[1:])) == [
+            f"m{n}" for n, t in enumerate(tenants) if t == "B"
+        ]
+        positions = [p for d in got if d.reference for p in d.positions]
+        assert positions == [n for n, t in enumerate(tenants) if t == "A"]
+    finally:
+        for delivery in got:
+            await delivery.ack()
+        await source.close()
+
+
 async def test_a_tenant_that_stops_spilling_is_decoded_again(tansu: Tansu):
     topic = tansu.create_topic(tansu.unique("spill"), 1)
     await asyncio.to_thread(tansu.produce, topic, [record(n, "A") for n in range(4)])
