@@ -197,9 +197,10 @@ RawTenant = Callable[
 """A message's tenant from its raw key and headers, or ``None`` when that cannot be
 told without decoding the message."""
 
-FloodGuard = Callable[[Mapping[str, int]], None]
-"""Looks at how many messages of each tenant one full read brought, before they are
-decoded; may add tenants to the spilling set (see ``Rereads``)."""
+FloodGuard = Callable[[Mapping[str, int], int], None]
+"""Looks at how many messages of each tenant (those whose tenant can be told raw) one
+full read of that many messages brought, before they are decoded; may add tenants to
+the spilling set (see ``Rereads``)."""
 
 
 @runtime_checkable
@@ -214,9 +215,9 @@ class Rereads(Protocol):
     with ``reference``, ``positions`` and ``tenant`` set and no event stands for a run
     of them. Acking it means their references are safely stored, so a commit may pass
     them. ``flood_guard``, when given, is called with the count of each tenant's
-    messages in every read that brought as many as were asked for, before any of them
-    is decoded; a tenant it adds to ``tenants`` is handed over by reference from that
-    read on (so a flood is not decoded before the core sees it).
+    messages, and the read's size, for every read that brought as many as were asked
+    for, before any of them is decoded; a tenant it adds to ``tenants`` is handed over
+    by reference from that read on (so a flood is not decoded before the core sees it).
 
     A task never attempted is parked the same way, by ``position(delivery)``.
 

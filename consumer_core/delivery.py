@@ -196,13 +196,16 @@ class ResultDelivery:
         task record (a failure's original event is kept anyway), where the reduced copy's
         ``dataref`` points."""
         name = self.pipeline.name
-        self.pipeline.res.metrics.reduced_results.labels(name, sink.name).inc(len(ids))
+        counter = self.pipeline.res.metrics.reduced_results.labels(name, sink.name)
         for task in tasks:
             event = task.result
             if event is None or str(event.get_id()) not in ids:
                 continue
+            counter.inc()
             if task.record.state is TaskState.SUCCEEDED:
                 task.record.result = structured_dict(event)
+            elif task.record.event is None:
+                task.record.event = structured_dict(task.event)  # as _complete keeps it
             log.warning(
                 "pipeline %s: result %s of task %s is too large for sink %s; it gets a copy "
                 "without the data, and the task keeps the whole event",

@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import quote
 
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
@@ -318,15 +319,15 @@ def reduced(event: CloudEvent) -> CloudEvent:
     """
     attributes = dict(event.get_attributes())
     pipeline = str(attributes.get("source", "")).removeprefix(RESULT_SOURCE)
-    attributes["dataref"] = f"/v1/tasks/{pipeline}:{attributes.get('subject', '')}"
+    task = f"{pipeline}:{attributes.get('subject', '')}"
+    attributes["dataref"] = "/v1/tasks/" + quote(task, safe="/:@!$&'()*+,;=")
     data = event.get_data()
     raw = data if isinstance(data, bytes) else codec.dumps(data) if data is not None else b""
-    if attributes.get("type") == FAILED_TYPE:
-        body = codec.loads(raw)
+    body = _failure_body(raw) if attributes.get("type") == FAILED_TYPE else None
+    if body is not None:
         original = dict(body.get("event") or {})
         left_out = original.pop("data", None), original.pop("data_base64", None)
-        omitted = sum(len(codec.dumps(v)) for v in left_out if v is not None)
-        attributes["dataomitted"] = omitted
+        attributes["dataomitted"] = sum(len(codec.dumps(v)) for v in left_out if v is not None)
         return trusted_event(
             attributes, codec.dumps({"error": body.get("error"), "event": original})
         )
@@ -334,3 +335,14 @@ def reduced(event: CloudEvent) -> CloudEvent:
     attributes.pop("dataschema", None)
     attributes["dataomitted"] = len(raw)
     return trusted_event(attributes, None)
+
+
+def _failure_body(raw: bytes) -> dict[str, Any] | None:
+    """A failure event's data as its object, or ``None`` when it is not one."""
+    try:
+        body = codec.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("event"), dict | None):
+        return None
+    return body

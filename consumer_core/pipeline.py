@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -358,15 +358,7 @@ class Pipeline:
                 continue
             room = self.capacity() - len(self.live)
             if room <= 0 and self.isolation:
-                try:
-                    await self.tenancy.buffer_full()
-                except StoreError as exc:
-                    log.warning(
-                        "pipeline %s: parking needs the task store, which failed: %s",
-                        self.name,
-                        exc,
-                        extra=self._ctx,
-                    )
+                await self._parking_step(self.tenancy.buffer_full)
                 room = self.capacity() - len(self.live)
             if room <= 0:
                 self._room.clear()
@@ -388,8 +380,23 @@ class Pipeline:
                 )
                 self.stop()
                 return
+            if self.isolation:
+                await self._parking_step(self.tenancy.park_flooded)
             if deliveries:
                 await self._admit_all(deliveries)
+
+    async def _parking_step(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run a parking step of the receive loop; a store failure is logged and the loop
+        goes on (parking writes themselves retry until the store is back)."""
+        try:
+            await step()
+        except StoreError as exc:
+            log.warning(
+                "pipeline %s: parking needs the task store, which failed: %s",
+                self.name,
+                exc,
+                extra=self._ctx,
+            )
 
     def _receive_size(self, room: int) -> int:
         """How many messages to ask the source for: what fits, up to 1000; more while a

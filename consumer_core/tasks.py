@@ -158,11 +158,13 @@ class TaskRecord:
         self._kept(doc)
         return doc, self.finished_at
 
-    def to_json(self) -> dict[str, Any]:
-        """The task as the admin API shows it (with the events kept, when there are)."""
+    def to_json(self, *, kept: bool = True) -> dict[str, Any]:
+        """The task as the admin API shows it; with ``kept``, the events it keeps (a
+        failure's original, a result only a reduced copy of which went out)."""
         doc = self._document()
         doc["durations"] = self.stage_durations()
-        self._kept(doc)
+        if kept:
+            self._kept(doc)
         return doc
 
     def _kept(self, doc: dict[str, Any]) -> None:

@@ -32,6 +32,8 @@ _WAITING = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
 class Tenancy:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+        self._flooded: set[str] = set()
+        """Tenants the flood guard set spilling whose waiting tasks are not parked yet."""
 
     def isolate(self, now: float) -> None:
         p = self.pipeline
@@ -60,7 +62,7 @@ class Tenancy:
         if flooding is not None:
             await self.spill(now={flooding})
 
-    def flood_guard(self, counts: Mapping[str, int]) -> None:
+    def flood_guard(self, counts: Mapping[str, int], size: int) -> None:
         """Called by a source that spills by reference with the tenants of a read that
         brought all it asked for, before it decodes them. A tenant that brought most of
         the read (``backlog_share``) and would then hold ``backlog_share`` of the buffer
@@ -68,11 +70,13 @@ class Tenancy:
         of the flood would be decoded, admitted and parked before ``buffer_full`` saw
         it, while the tenants queued behind the flood wait (docs/isolation.md)."""
         p = self.pipeline
-        total = sum(counts.values())
+        # The read's messages that will be decoded (those of spilling tenants will not;
+        # those whose tenant cannot be told raw will).
+        total = size - sum(n for t, n in counts.items() if t in p.parking.spilling)
         # Isolating the only tenant protects nobody: others must be about (working now,
         # or seen within the detector's window).
         present = {t for t, n in p.tenant_live.items() if n} | set(counts) | p.detector.seen()
-        if not total or len(present) < 2:
+        if total <= 0 or len(present) < 2:
             return
         share, capacity = p.thresholds.backlog_share, p.capacity()
         for tenant, n in counts.items():
@@ -86,6 +90,27 @@ class Tenancy:
                     f"{held} of a {capacity}-message buffer",
                 )
             p.parking.spilling.add(tenant)
+            self._flooded.add(tenant)
+
+    async def park_flooded(self) -> None:
+        """Park what tenants the flood guard set spilling had waiting in memory, before
+        the read that set them is admitted: their new messages come as references and
+        are parked behind these (per-key order), and their backlog no longer holds the
+        buffer or the source's commits (as ``spill`` does for any other spilling tenant)."""
+        p = self.pipeline
+        flooded, self._flooded = self._flooded, set()
+        for tenant in sorted(flooded):
+            lane = p.lanes.get(tenant)
+            if lane is None or p.tenant_live[tenant] - p.tenant_inflight[tenant] <= 0:
+                continue
+            tasks = self._take_waiting(tenant, lane)
+            log.info(
+                "pipeline %s: tenant %s spills %d waiting tasks to the store",
+                p.name,
+                tenant,
+                len(tasks),
+            )
+            await p.parking.park(tasks)
 
     def _isolate_flood(self, shared_tenants: set[str]) -> str | None:
         """A full buffer stops the source, so tenants queued behind the flood in the

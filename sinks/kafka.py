@@ -69,7 +69,10 @@ class _Emit:
         self.future: asyncio.Future[None] = loop.create_future()
         self.failures: dict[str, str] = {}
         self.too_large: set[str] = set()
-        """Refused for their size (by the client's ``message.max.bytes`` or the topic's)."""
+        """Refused by ``produce`` for their size (the client's ``message.max.bytes``). A
+        delivery report of the same error is an ordinary failure: the broker refuses a
+        whole batch for one record over the topic's ``max.message.bytes``, so it cannot
+        tell which record was too large (and later records of a key may be in)."""
         self.reported = 0
         self.expected: int | None = None
         self.lock = threading.Lock()
@@ -78,8 +81,6 @@ class _Emit:
         with self.lock:
             if error is not None:
                 self.failures[event_id] = error.str()
-                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    self.too_large.add(event_id)
             self.reported += 1
             last = self.reported == self.expected
         if last:
@@ -239,7 +240,8 @@ class KafkaSink:
             except BufferError:
                 await asyncio.sleep(FULL_QUEUE_WAIT)  # the poll thread drains the queue
             except KafkaException as exc:
-                if exc.args and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                     call.too_large.add(event_id)
                 return str(exc)
 

@@ -396,7 +396,7 @@ class KafkaSource:
             if tenant is not None:
                 counts[tenant] = counts.get(tenant, 0) + 1
         assert self._flood_guard is not None
-        self._flood_guard(counts)
+        self._flood_guard(counts, len(messages))
         return tenants
 
     def position(self, delivery: Delivery) -> tuple[str, int] | None:

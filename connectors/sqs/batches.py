@@ -89,14 +89,8 @@ async def send_entries(
     """Send every entry (see the module docstring); raise for what could not be sent."""
     too_large = [e.event_id for e in entries if e.size > max_bytes]
     pending = [e for e in entries if e.size <= max_bytes]
-    held: list[Entry] = []  # behind a too large event of their key
-    if ordered and too_large:
-        blocked: set[str] = set()
-        for entry in entries:
-            if entry.key is not None and entry.key in blocked:
-                held.append(entry)
-            elif entry.size > max_bytes and entry.key is not None:
-                blocked.add(entry.key)
+    held = _held(entries, max_bytes) if ordered and too_large else []
+    if held:
         held_ids = {e.event_id for e in held}
         pending = [e for e in pending if e.event_id not in held_ids]
     failures: dict[str, EntryFailure] = {}
@@ -135,6 +129,20 @@ async def send_entries(
         failed,
         too_large_ids=too_large,
     )
+
+
+def _held(entries: Sequence[Entry], max_bytes: int) -> list[Entry]:
+    """The entries behind a too large one of their key (it is replaced by a reduced copy
+    in the next call, and they must not overtake it)."""
+    blocked: set[str] = set()
+    held: list[Entry] = []
+    for entry in entries:
+        if entry.size > max_bytes:
+            if entry.key is not None:
+                blocked.add(entry.key)
+        elif entry.key is not None and entry.key in blocked:
+            held.append(entry)
+    return held
 
 
 async def _round(

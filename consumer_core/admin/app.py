@@ -210,7 +210,7 @@ class AdminServer:
         except ValueError as exc:
             return _error(400, f"bad query: {exc}")
         records = await self.runner.resources.store.query(query)
-        tasks = [r.to_json() for r in records]
+        tasks = [r.to_json(kept=False) for r in records]  # GET /v1/tasks/{id} has the events
         cursor = records[-1].id if len(records) == query.limit else None
         return web.json_response({"tasks": tasks, "next": cursor})
 

@@ -90,7 +90,7 @@ def _finished(event_id: str, *, ok: bool, size: int) -> SimpleNamespace:
         )
     state = TaskState.SUCCEEDED if ok else TaskState.FAILED
     record = TaskRecord(id=f"p:{event_id}", pipeline="p", event_id=event_id, state=state)
-    return SimpleNamespace(record=record, result=result, span=None)
+    return SimpleNamespace(record=record, result=result, event=original, span=None)
 
 
 async def test_too_large_results_go_again_at_once_as_reduced_copies(monkeypatch):
@@ -129,6 +129,7 @@ async def test_too_large_results_go_again_at_once_as_reduced_copies(monkeypatch)
     assert b"x" * 1000 not in body, "the original's data is left out"
     assert small.record.result is None
     assert failed.record.result is None
+    assert "x" * 300_000 in failed.record.event["data"], "the original, whole"
     assert metrics.reduced_results.labels("p", "scripted")._value.get() == 2
     assert metrics.undeliverable.labels("p", "scripted")._value.get() == 0
 

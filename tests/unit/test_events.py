@@ -165,3 +165,18 @@ def test_reduced_copies_keep_every_attribute_and_point_at_the_task():
     assert failed_copy["dataref"] == "/v1/tasks/orders:orig-1"
     assert failed_copy["dataomitted"] > 266_000
     assert failed_copy["id"] == failed.get_id(), "the same result: the same id"
+
+
+def test_a_reduced_copy_refers_to_its_task_even_with_odd_subjects_and_data():
+    odd = wrap(b"{}", event_id="a b?c#d%e/\u00e9", source="/s")
+    common = {"pipeline": "p", "original": odd, "tenant": "t", "attempts": 1}
+    ok = succeeded_event(**common, traceparent=None, data=b"x", content_type="text/plain")
+    assert reduced(ok).get_attributes()["dataref"] == "/v1/tasks/p:a%20b%3Fc%23d%25e/%C3%A9"
+    # a failure event whose data is not the usual object loses its data like a success
+    strange = failed_event(
+        **common, traceparent=None, kind=ErrorKind.CLIENT_ERROR, message="no", status=400
+    )
+    strange._data = b"not json"
+    copy = reduced(strange)
+    assert copy.get_data() is None
+    assert copy.get_attributes()["dataomitted"] == len(b"not json")

@@ -17,7 +17,9 @@ def tenancy(monkeypatch, *, live=(), seen=(), lanes=()):
     for tenant in seen:
         detector.record(tenant, ok=True, throttled=False, latency=0.01, now=0.0)
     pipeline = SimpleNamespace(
+        name="p",
         tenant_live=Counter(dict(live)),
+        tenant_inflight=Counter(),
         detector=detector,
         thresholds=thresholds,
         capacity=lambda: 1000,
@@ -32,7 +34,7 @@ def tenancy(monkeypatch, *, live=(), seen=(), lanes=()):
 
 def test_a_tenant_flooding_a_full_read_is_isolated_and_spills_at_once(monkeypatch):
     t, p, promoted = tenancy(monkeypatch, live={"B": 3}, seen="BC")
-    t.flood_guard({"A": 960, "B": 20})
+    t.flood_guard({"A": 960, "B": 20}, 980)
     assert p.parking.spilling == {"A"}
     assert promoted == [
         ("A", "floods: 960 of the 980 messages of one read, 960 of a 1000-message buffer")
@@ -41,7 +43,7 @@ def test_a_tenant_flooding_a_full_read_is_isolated_and_spills_at_once(monkeypatc
 
 def test_the_only_tenant_about_is_left_alone(monkeypatch):
     t, p, promoted = tenancy(monkeypatch)
-    t.flood_guard({"A": 1000})
+    t.flood_guard({"A": 1000}, 1000)
     assert p.parking.spilling == set()
     assert promoted == []
 
@@ -55,13 +57,46 @@ def test_the_only_tenant_about_is_left_alone(monkeypatch):
 )
 def test_a_read_without_a_flood_isolates_nobody(monkeypatch, counts, live):
     t, p, promoted = tenancy(monkeypatch, live=live, seen="BC")
-    t.flood_guard(counts)
+    t.flood_guard(counts, sum(counts.values()))
     assert p.parking.spilling == set()
     assert promoted == []
 
 
 def test_an_isolated_tenant_that_floods_starts_spilling_without_a_second_promotion(monkeypatch):
     t, p, promoted = tenancy(monkeypatch, live={"A": 200}, seen="B", lanes="A")
-    t.flood_guard({"A": 500})
+    t.flood_guard({"A": 500}, 500)
     assert p.parking.spilling == {"A"}
     assert promoted == []
+
+
+def test_the_share_is_of_what_the_read_will_decode(monkeypatch):
+    # 3,000 of C (spilling already: not decoded) and 1,000 of A: A is all that is decoded
+    t, p, promoted = tenancy(monkeypatch, seen="BC")
+    p.parking.spilling.add("C")
+    t.flood_guard({"C": 3000, "A": 1000}, 4000)
+    assert p.parking.spilling == {"A", "C"}
+    assert [tenant for tenant, _ in promoted] == ["A"]
+    # 10 of A among 1,000 messages whose tenant cannot be told raw: no flood of A
+    t, p, promoted = tenancy(monkeypatch, live={"A": 495}, seen="BC")
+    t.flood_guard({"A": 10}, 1000)
+    assert p.parking.spilling == set()
+    assert promoted == []
+
+
+async def test_what_a_flooding_tenant_had_waiting_is_parked_before_the_read(monkeypatch):
+    t, p, _ = tenancy(monkeypatch, live={"A": 300, "B": 3}, seen="BC")
+    p.lanes["A"] = object()  # promoted (by the stub) into a lane of its own
+    waiting = [f"task-{i}" for i in range(300)]
+    monkeypatch.setattr(t, "_take_waiting", lambda tenant, lane: waiting if tenant == "A" else [])
+    parked: list[list[str]] = []
+
+    async def park(tasks):
+        parked.append(list(tasks))
+
+    p.parking.park = park
+    t.flood_guard({"A": 700}, 700)
+    assert p.parking.spilling == {"A"}
+    await t.park_flooded()
+    assert parked == [waiting]
+    await t.park_flooded()
+    assert parked == [waiting], "once"

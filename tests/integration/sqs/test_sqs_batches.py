@@ -134,12 +134,17 @@ async def test_sinks_report_an_event_over_256_kib_as_too_large_and_send_the_rest
 
 
 async def test_fifo_sink_holds_the_events_behind_a_too_large_one_of_their_group() -> None:
-    events = [event(0, key="g"), event(1, key="g", size=300_000), event(2, key="g")]
+    events = [
+        event(0, key="g"),
+        event(1, key="g", size=300_000),
+        event(2, key="g"),
+        event(4, key="g", size=300_000),
+    ]
     api = ScriptedApi({})
     with pytest.raises(PartialFailure) as caught:
         await sqs_sink(api, "http://q/123/results.fifo").emit([*events, event(3, key="h")])
     assert [bodies(c) for c in api.calls] == [["e0", "e3"]]
-    assert caught.value.too_large_ids == {"e1"}
+    assert caught.value.too_large_ids == {"e1", "e4"}
     assert caught.value.failed_ids == {"e2"}, "e2 waits for e1's reduced copy"
 
 

@@ -352,6 +352,10 @@ async def test_results_over_256_kib_arrive_reduced_and_the_task_keeps_them_whole
     assert status == 200
     assert task["state"] == "failed"
     assert task["event"]["data"]["pad"] == "x" * 300_000, "kept for re-drive, whole"
+    status, listed = bridge.get("/v1/tasks?pipeline=big")
+    assert status == 200
+    assert len(listed["tasks"]) == 4
+    assert not [t for t in listed["tasks"] if "event" in t or "result" in t], "lists are lean"
 
     metrics = metrics_text(bridge)
     reduced = re.findall(
