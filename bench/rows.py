@@ -237,23 +237,42 @@ def _cpu(proc: subprocess.Popen[bytes] | None) -> float:
     return 0.0 if proc is None else cpu_seconds(proc.pid)
 
 
+STAGES = (
+    ("queued", "received", "started"),
+    ("running", "started", "finished"),
+    ("delivery", "finished", "delivered"),
+)
+"""The stages of the in-bridge split: waiting for a slot (or its key), the call, and the
+result's way out (sink, store, ack)."""
+
+
 def in_bridge(row: Row, db: Path, since: float) -> Row:
-    """Add the quantiles of received -> delivered (ms) of tasks received after ``since``."""
+    """Add the quantiles of received -> delivered (ms) of tasks received after ``since``,
+    and the p50 of each of ``STAGES``."""
     if not db.exists():
         return row
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        spans = [
-            ms
-            for (ms,) in conn.execute(
-                "SELECT (finished - received) * 1000 FROM tasks "
-                "WHERE received >= ? AND finished IS NOT NULL",
-                (since,),
+        docs = [
+            json.loads(doc)
+            for (doc,) in conn.execute(
+                "SELECT doc FROM tasks WHERE received >= ? AND finished IS NOT NULL", (since,)
             )
         ]
+    stamps = [d["timestamps"] for d in docs]
+    spans = [(s["delivered"] - s["received"]) * 1000 for s in stamps if s["delivered"]]
     if len(spans) < 2:
         return row
     q = statistics.quantiles(spans, n=100)
-    return replace(row, note=f"{row.note}; in-bridge p50 {q[49]:.1f}, p99 {q[98]:.1f} ms")
+    split = []
+    for stage, begin, end in STAGES:
+        values = [(s[end] - s[begin]) * 1000 for s in stamps if s[begin] and s[end]]
+        if values:
+            split.append(f"{stage} {statistics.median(values):.1f}")
+    return replace(
+        row,
+        note=f"{row.note}; in-bridge p50 {q[49]:.1f}, p99 {q[98]:.1f} ms "
+        f"(p50 by stage: {', '.join(split)})",
+    )
 
 
 def raw_row(bench: Bench) -> Row:
