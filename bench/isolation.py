@@ -98,6 +98,8 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     floor_p99_ms: float | None = None
     """B..K's p99 at a plain consumer of the same topic (``--floor``): the broker's share."""
+    duplicated: int = 0
+    """Result events beyond the first for one message (any tenant), until the bridge stops."""
 
 
 class Harness:
@@ -106,6 +108,7 @@ class Harness:
     def __init__(self) -> None:
         self.behaviour: Callable[[str], tuple[int, float]] = lambda tenant: (200, 0.0)
         self.results: dict[str, float] = {}  # message id -> arrival time
+        self.duplicates = 0  # success results for a message that already had one
         self.subject_tenant: dict[str, str] = {}
         self.calls: dict[str, list[int]] = defaultdict(list)  # key -> seqs, first attempts
         self.port = free_port()
@@ -138,7 +141,10 @@ class Harness:
         event = json.loads(await request.read())
         if event.get("type") == "bridge.task.succeeded":
             message_id = event["data"]["ok"]
-            self.results.setdefault(message_id, time.time())
+            if message_id in self.results:
+                self.duplicates += 1
+            else:
+                self.results[message_id] = time.time()
             self.arrived.set()
         return web.Response(status=200)
 
@@ -454,6 +460,7 @@ async def run_scenario(
             )
             if "tenant A spills by reference" in log:
                 outcome.notes.append("A spilled by reference")
+        outcome.duplicated = harness.duplicates
         return outcome
     finally:
         stop(bridge)
@@ -464,8 +471,8 @@ def table(outcomes: list[Outcome]) -> str:
     base = {o.isolation: o for o in outcomes if o.scenario == "baseline"}
     rows = [
         "| scenario | isolation | B..K msgs/s | vs baseline | B..K p50 ms | B..K p99 ms | p99 vs "
-        "baseline | A done | lost | commits advanced while A stuck | A reclaimed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "baseline | A done | lost | duplicated | commits advanced while A stuck | A reclaimed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     floors = any(o.floor_p99_ms is not None for o in outcomes)
     if floors:
@@ -477,8 +484,8 @@ def table(outcomes: list[Outcome]) -> str:
             f"| {o.scenario} | {'on' if o.isolation else 'off'} | {o.good_throughput:.0f} | "
             f"{o.good_throughput / ref.good_throughput:.0%} | {o.good_p50_ms:.0f} | "
             f"{o.good_p99_ms:.0f} | {o.good_p99_ms / ref.good_p99_ms:.1f}x | "
-            f"{o.a_done}/{o.a_sent} | {o.lost} | {_yes(o.commits_advanced)} | {_yes(o.reclaimed)} |"
-            + (f" {o.floor_p99_ms or 0:.0f} |" if floors else "")
+            f"{o.a_done}/{o.a_sent} | {o.lost} | {o.duplicated} | {_yes(o.commits_advanced)} | "
+            f"{_yes(o.reclaimed)} |" + (f" {o.floor_p99_ms or 0:.0f} |" if floors else "")
         )
     return "\n".join(rows)
 
