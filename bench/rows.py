@@ -175,6 +175,9 @@ def kafka_row(
                 )
             finally:
                 stop(proc)
+            subjects = [subject for subject, _ in results.seen]
+            duplicated = len(subjects) - len(set(subjects))
+            row = replace(row, note=f"{row.note}; results duplicated: {duplicated}")
             return in_bridge(row, Path(tmp) / "state.db", paced_at)
     finally:
         results.stop()
