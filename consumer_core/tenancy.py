@@ -64,9 +64,10 @@ class Tenancy:
 
     def flood_guard(self, counts: Mapping[str, int], size: int) -> None:
         """Called by a source that spills by reference with the tenants of a read that
-        brought all it asked for, before it decodes them. A tenant that brought most of
-        the read (``backlog_share``) and would then hold ``backlog_share`` of the buffer
-        is isolated, and spills by reference from this read on. Otherwise a buffer-full
+        brought all it asked for, before it decodes them. The tenant that brought the
+        most of the read, if that is ``backlog_share`` of it and it would then hold
+        ``backlog_share`` of the buffer, is isolated, and spills by reference from this
+        read on (one per read, as ``buffer_full`` isolates one). Otherwise a buffer-full
         of the flood would be decoded, admitted and parked before ``buffer_full`` saw
         it, while the tenants queued behind the flood wait (docs/isolation.md)."""
         p = self.pipeline
@@ -78,19 +79,22 @@ class Tenancy:
         present = {t for t, n in p.tenant_live.items() if n} | set(counts) | p.detector.seen()
         if total <= 0 or len(present) < 2:
             return
-        share, capacity = p.thresholds.backlog_share, p.capacity()
-        for tenant, n in counts.items():
-            held = p.tenant_live[tenant] + n
-            if tenant in p.parking.spilling or n < share * total or held < share * capacity:
-                continue
-            if tenant not in p.lanes:
-                self._promote(
-                    tenant,
-                    f"floods: {n} of the {total} messages of one read, "
-                    f"{held} of a {capacity}-message buffer",
-                )
-            p.parking.spilling.add(tenant)
-            self._flooded.add(tenant)
+        decoded = {t: n for t, n in counts.items() if t not in p.parking.spilling}
+        if not decoded:
+            return
+        tenant = max(decoded, key=decoded.__getitem__)
+        n, share, capacity = decoded[tenant], p.thresholds.backlog_share, p.capacity()
+        held = p.tenant_live[tenant] + n
+        if n < share * total or held < share * capacity:
+            return
+        if tenant not in p.lanes:
+            self._promote(
+                tenant,
+                f"floods: {n} of the {total} messages of one read, "
+                f"{held} of a {capacity}-message buffer",
+            )
+        p.parking.spilling.add(tenant)
+        self._flooded.add(tenant)
 
     async def park_flooded(self) -> None:
         """Park what tenants the flood guard set spilling had waiting in memory, before

@@ -100,3 +100,10 @@ async def test_what_a_flooding_tenant_had_waiting_is_parked_before_the_read(monk
     assert parked == [waiting]
     await t.park_flooded()
     assert parked == [waiting], "once"
+
+
+def test_two_tenants_at_half_each_isolate_one_not_both(monkeypatch):
+    t, p, promoted = tenancy(monkeypatch, live={"A": 100, "B": 100}, seen="C")
+    t.flood_guard({"A": 500, "B": 500}, 1000)
+    assert len(promoted) == 1
+    assert len(p.parking.spilling) == 1
