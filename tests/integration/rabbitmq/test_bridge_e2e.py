@@ -181,12 +181,21 @@ async def test_connections_closed_mid_run_reconnects_and_loses_nothing(
     await asyncio.to_thread(broker.publish, QUEUE, messages(total, keys))
     bridge = bridge_process(bridge_config(broker, server.url, initial=32, maximum=64))
     await asyncio.to_thread(bridge.start)
-    for threshold in (1_000, 3_000):
+    for connects, threshold in enumerate((1_000, 3_000), start=1):
         await wait_for(
             lambda t=threshold: broker.depth("ok") >= t,  # type: ignore[misc]
             bridge,
             timeout=60,
             what=f"{threshold} results",
+        )
+        # The source must be connected (again) for the close to hit it: after the first
+        # close it waits before reconnecting, and the in-memory tasks alone may make
+        # the next thousands of results meanwhile.
+        await wait_for(
+            lambda n=connects: bridge.log().count(": consuming ") >= n,  # type: ignore[misc]
+            bridge,
+            timeout=30,
+            what=f"source connection {connects}",
         )
         await asyncio.to_thread(broker.close_all_connections)
     await wait_for(
