@@ -3,47 +3,29 @@ what the SDK's HTTP binding writes, percent-encoding included."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 import pytest
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.v1.event import CloudEvent
 
 from connectors.function.encoding import binary
-from consumer_core.events import JSON_FORMAT, failed_event, succeeded_event, wrap
-from consumer_core.outcome import ErrorKind
+from consumer_core.events import JSON_FORMAT
+from tests.support.parity import BASE, parity_events
 
 
 def _events() -> list[CloudEvent]:
-    original = wrap(
-        b'{"a": 1}',
-        event_id="orders/0/7",
-        source="kafka://orders",
-        content_type="application/json",
-        extensions={"partitionkey": "k-\u00e9", "time": datetime(2024, 5, 1, 12, tzinfo=UTC)},
-    )
-    common = {"pipeline": "p", "original": original, "tenant": "t1", "attempts": 3}
-    trace = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
-    base = {"specversion": "1.0", "id": "x", "source": "/s", "type": "t"}
     return [
-        original,
-        succeeded_event(**common, traceparent=trace, data=b"{}", content_type="text/json"),
-        succeeded_event(**common, traceparent=None, data=None, content_type=None),
-        failed_event(
-            **common, traceparent=trace, kind=ErrorKind.CLIENT_ERROR, message="no", status=404
-        ),
-        CloudEvent({**base, "partitionkey": "k"}, {"dict": ["data"]}),
-        CloudEvent({**base, "datacontenttype": "text/plain"}, "text data"),
-        CloudEvent({**base, "time": datetime(2024, 5, 1, 12, tzinfo=timezone(timedelta(hours=2)))}),
-        CloudEvent({**base, "count": 5, "flag": True}, b""),
+        *parity_events(),
+        CloudEvent({**BASE, "time": datetime(2024, 5, 1, 12, tzinfo=UTC)}),  # "Z"
         # what must be percent-encoded, each alone: space, double quote, percent,
         # non-ASCII, controls
         CloudEvent(
-            {**base, "sp": "a b", "dq": 'a"b', "pc": "100%", "na": "caf\u00e9", "tab": "x\ty"},
+            {**BASE, "sp": "a b", "dq": 'a"b', "pc": "100%", "na": "caf\u00e9", "tab": "x\ty"},
             None,
         ),
-        CloudEvent({**base, "subject": 'a b "c" 100% \u2603', "del": "x\x7f"}, None),
-        CloudEvent({**base, "id": "~!#$&'()*+,/:;<=>?@[\\]^_`{|}", "source": "urn:a/b?c=d"}, b"x"),
+        CloudEvent({**BASE, "subject": 'a b "c" 100% \u2603', "del": "x\x7f"}, None),
+        CloudEvent({**BASE, "id": "~!#$&'()*+,/:;<=>?@[\\]^_`{|}", "source": "urn:a/b?c=d"}, b"x"),
     ]
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from connectors.kafka.headers import decode_headers, decode_key, decode_record, encode_event
 from consumer_core.events import CloudEvent
+from tests.support.parity import parity_events
 
 pytestmark = pytest.mark.kafka
 
@@ -192,43 +193,13 @@ def test_encode_without_partitionkey_has_no_key():
     assert value == b""
 
 
-def _parity_events() -> list[CloudEvent]:
-    from datetime import timedelta, timezone
-
-    from consumer_core.events import failed_event, succeeded_event, wrap
-    from consumer_core.outcome import ErrorKind
-
-    original = wrap(
-        b'{"a": 1}',
-        event_id="orders/0/7",
-        source="kafka://orders",
-        content_type="application/json",
-        extensions={"partitionkey": "k-\u00e9"},
-    )
-    common = {"pipeline": "p", "original": original, "tenant": "t1", "attempts": 3}
-    trace = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
-    base = {"specversion": "1.0", "id": "x", "source": "/s", "type": "t"}
-    return [
-        original,
-        succeeded_event(**common, traceparent=trace, data=b"{}", content_type="text/json"),
-        succeeded_event(**common, traceparent=None, data=None, content_type=None),
-        failed_event(
-            **common, traceparent=trace, kind=ErrorKind.CLIENT_ERROR, message="no", status=404
-        ),
-        CloudEvent({**base, "partitionkey": "k"}, {"dict": ["data"]}),
-        CloudEvent({**base, "datacontenttype": "text/plain"}, "text data"),
-        CloudEvent({**base, "time": datetime(2024, 5, 1, 12, tzinfo=timezone(timedelta(hours=2)))}),
-        CloudEvent({**base, "count": 5, "flag": True}, b""),
-    ]
-
-
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(len(parity_events())))
 def test_encode_is_byte_for_byte_the_sdk_binding(index: int) -> None:
     from cloudevents.core.bindings import kafka as ce_kafka
 
     from consumer_core.events import JSON_FORMAT
 
-    event = _parity_events()[index]
+    event = parity_events()[index]
     expected = ce_kafka.to_binary(event, JSON_FORMAT)
     key, value, headers = encode_event(event)
     assert key == expected.key
