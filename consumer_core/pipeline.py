@@ -391,12 +391,15 @@ class Pipeline:
         try:
             await step()
         except StoreError as exc:
-            log.warning(
-                "pipeline %s: parking needs the task store, which failed: %s",
-                self.name,
-                exc,
-                extra=self._ctx,
-            )
+            self._parking_failed(exc)
+
+    def _parking_failed(self, exc: StoreError) -> None:
+        log.warning(
+            "pipeline %s: parking needs the task store, which failed: %s",
+            self.name,
+            exc,
+            extra=self._ctx,
+        )
 
     def _receive_size(self, room: int) -> int:
         """How many messages to ask the source for: what fits, up to 1000; more while a
@@ -842,12 +845,7 @@ class Pipeline:
                     last_lease = now
                     await self.parking.keep_leases()
             except StoreError as exc:
-                log.warning(
-                    "pipeline %s: parking needs the task store, which failed: %s",
-                    self.name,
-                    exc,
-                    extra=self._ctx,
-                )
+                self._parking_failed(exc)
 
     async def _refill_loop(self) -> None:
         """Load parked tasks back as their lanes make room: every 20 ms while any are

@@ -107,14 +107,7 @@ class Tenancy:
             lane = p.lanes.get(tenant)
             if lane is None or p.tenant_live[tenant] - p.tenant_inflight[tenant] <= 0:
                 continue
-            tasks = self._take_waiting(tenant, lane)
-            log.info(
-                "pipeline %s: tenant %s spills %d waiting tasks to the store",
-                p.name,
-                tenant,
-                len(tasks),
-            )
-            await p.parking.park(tasks)
+            await self._park_waiting(tenant, lane)
 
     def _isolate_flood(self, shared_tenants: set[str]) -> str | None:
         """A full buffer stops the source, so tenants queued behind the flood in the
@@ -166,14 +159,18 @@ class Tenancy:
             if tenant not in now and waiting <= limit and not self._waited_since(tenant, horizon):
                 continue
             p.parking.spilling.add(tenant)
-            tasks = self._take_waiting(tenant, lane)
-            log.info(
-                "pipeline %s: tenant %s spills %d waiting tasks to the store",
-                p.name,
-                tenant,
-                len(tasks),
-            )
-            await p.parking.park(tasks)
+            await self._park_waiting(tenant, lane)
+
+    async def _park_waiting(self, tenant: str, lane: Lane[Task]) -> None:
+        """Park every waiting task of ``tenant`` (see ``_take_waiting``)."""
+        tasks = self._take_waiting(tenant, lane)
+        log.info(
+            "pipeline %s: tenant %s spills %d waiting tasks to the store",
+            self.pipeline.name,
+            tenant,
+            len(tasks),
+        )
+        await self.pipeline.parking.park(tasks)
 
     def _holding_source(self, tenant: str) -> list[Task]:
         """Tasks of a spilling tenant that wait for a retry while still holding their
