@@ -196,10 +196,12 @@ def _drain_and_pace(
 ) -> tuple[Row, float]:
     wait_results(results, 1, proc, 120, logs)
     done0, cpu0, fn0 = len(results.seen), cpu_seconds(proc.pid), fn_cpu(bench)
+    broker0, drain0 = _cpu(bench.broker), time.monotonic()
     with profiled(proc.pid, profile):
         wait_results(results, n, proc, 600, logs)
     counted = len(results.seen) - done0
     cpu, fn = cpu_seconds(proc.pid) - cpu0, fn_cpu(bench) - fn0
+    drained = time.monotonic() - drain0
     times = [ts for _, ts in results.seen[:n]]
     span = (max(times) - min(times)) / 1000
     row = replace(
@@ -208,6 +210,13 @@ def _drain_and_pace(
         cpu_10k=cpu / counted * 10_000 if counted else None,
         fn_cpu_10k=fn / counted * 10_000 if counted else None,
     )
+    if bench.broker is not None and drained > 0:
+        broker, system = _cpu(bench.broker) - broker0, cpu
+        row = replace(
+            row,
+            note=f"{row.note}; CPU while draining: broker {broker / drained:.0%}, "
+            f"this system {system / drained:.0%}, function {fn / drained:.0%} of a core",
+        )
     paced_at = time.time()
     if row.per_s and bench.scale.latency_seconds > 0:
         rate = min(row.per_s / 2, LATENCY_CAP)

@@ -30,7 +30,10 @@ __all__ = ["ResultDelivery"]
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 500
+MAX_BATCH = 2000
+"""Most finished tasks emitted and settled as one batch. A batch only grows this large
+when results queue up (a drain in batch mode); 500 held batch mode at ~12,400 msgs/s
+where 2,000 gives ~14,800 (alternated runs, 50k records)."""
 MAX_BACKOFF = 5.0
 
 

@@ -154,7 +154,6 @@ def test_kafka_example() -> None:
         "group_id": "orders-bridge",
         "settings": {"client.id": "orders-bridge", "fetch.min.bytes": 1},
         "commit_interval": 2.0,
-        "partition_buffer": 1000,
     }
     assert orders.tenant is not None
     assert orders.tenant.source is TenantFrom.HEADER

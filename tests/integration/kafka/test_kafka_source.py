@@ -117,6 +117,35 @@ async def test_partition_pauses_at_its_buffer_and_resumes_below_half():
     assert fake.resumed == [(T, 0)]
 
 
+async def test_unset_partition_buffer_follows_the_cores_window():
+    source, fake = make_source()
+    source.on_assigned([(T, 0)], {})
+    source.window_changed(64)  # one event per call: the least buffer still holds
+    assert source.partition_buffer == 1000
+    source.window_changed(6400)  # 64 batches of 100 in flight
+    d = await take(source, fake, 0, range(1000))
+    assert fake.paused == []  # 1,000 taken: a fixed buffer of 1,000 would pause here
+    fake.queue.extend(messages(0, range(1000, 6400)))
+    while fake.queue:
+        d += await source.receive(1000, 0)
+    assert len(d) == 6400
+    assert fake.paused == [(T, 0)]
+    source.window_changed(100)  # the window shrank: back to the least
+    for delivery in d[:5900]:
+        await delivery.ack()
+    assert fake.resumed == []  # 500 outstanding: not below half of 1,000
+    await d[5900].ack()
+    assert fake.resumed == [(T, 0)]
+
+
+async def test_a_set_partition_buffer_ignores_the_window():
+    source, fake = make_source(partition_buffer=4)
+    source.on_assigned([(T, 0)], {})
+    source.window_changed(6400)
+    await take(source, fake, 0, range(4))
+    assert fake.paused == [(T, 0)]
+
+
 async def test_revoke_drops_queued_work_and_commits_what_finished_in_the_grace():
     source, fake = make_source(revoke_grace=5.0)
     source.on_assigned([(T, 0)], {(T, 0): 0})
