@@ -347,9 +347,11 @@ class Pipeline:
     # ----------------------------------------------------------------- receive
 
     def capacity(self) -> int:
-        """How many tasks may be held in memory at once (received, not yet settled)."""
+        """How many tasks may be held in memory at once (received, not yet settled): a
+        window in flight and one more waiting. (4 windows held batch mode's drain at the
+        same rate with ~285 MB peak RSS against ~220 MB.)"""
         limit = self.shared.window.limit + sum(lane.window.limit for lane in self.lanes.values())
-        return max(1000, min(20000, 4 * limit * self.per_request))
+        return max(1000, min(20000, 2 * limit * self.per_request))
 
     async def _receive_loop(self) -> None:
         while not self.stopping:
