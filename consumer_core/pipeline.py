@@ -168,6 +168,9 @@ class Pipeline:
         self.rng = random.Random()
         self.gates: KeyedQueues[Task] = KeyedQueues()
         self.live: dict[str, Task] = {}
+        self._lookups: list[set[str]] = []
+        """One set per dedup lookup in flight: the ids settled meanwhile (see
+        ``_finished_ids``)."""
         self.tenant_live: Counter[str] = Counter()
         self.tenant_inflight: Counter[str] = Counter()
         """Per tenant, tasks in an invocation in flight (any lane)."""
@@ -445,8 +448,15 @@ class Pipeline:
         """Dedup lookup, waiting out a store outage (the deliveries stay in hand)."""
         delay = 0.1
         while ids:
+            # A task may be settled while the lookup runs: its record committed after the
+            # store read its snapshot, and it left ``live`` before the answer came back.
+            # Such ids are caught here, whatever the store (otherwise a copy arriving as
+            # its original completes would run a second time).
+            settled: set[str] = set()
+            self._lookups.append(settled)
             try:
-                return await self.store.finished(ids, since=time.time() - self.dedup_window)
+                found = await self.store.finished(ids, since=time.time() - self.dedup_window)
+                return found | settled
             except StoreError as exc:
                 if self.stopping:
                     return None
@@ -459,6 +469,8 @@ class Pipeline:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            finally:
+                self._lookups.remove(settled)
         return set()
 
     def _gate_for(self, delivery: Delivery) -> str | None:
@@ -714,7 +726,9 @@ class Pipeline:
 
     def _tell_source_window(self) -> None:
         if isinstance(self.source, FollowsWindow):
-            self.source.window_changed(self.shared.window.limit * self.per_request)
+            # What may be in flight, never more than the pipeline holds in memory.
+            messages = self.shared.window.limit * self.per_request
+            self.source.window_changed(min(messages, self.capacity()))
 
     def _settle_attempt(self, task: Task, outcome: Outcome) -> None:
         if task.cancelled:
@@ -818,7 +832,10 @@ class Pipeline:
         self.results.put(task)
 
     def settled(self, task: Task) -> None:
-        """Called by the deliver loop once the task's messages were settled."""
+        """Called by the deliver loop once the task's messages were settled (its record is
+        durable, terminal and delivered: what the dedup lookup finds)."""
+        for settled in self._lookups:
+            settled.add(task.record.id)
         self.forget(task)
 
     def _move(self, task: Task, to: TaskState) -> None:

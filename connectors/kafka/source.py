@@ -374,15 +374,20 @@ class KafkaSource:
         """Poll when the core has not asked for a while (pipeline paused, or its
         buffer full): librdkafka serves rebalances only inside a poll, and a member
         that does not poll for ``max.poll.interval.ms`` is put out of the group.
-        Messages taken here wait in ``_released`` (bounded by ``partition_buffer``)."""
+        Messages taken here wait in ``_released``: up to ``KEEPALIVE_BATCH``, then one
+        more per poll."""
         while True:
             await asyncio.sleep(KEEPALIVE)
             idle = time.monotonic() - self._last_poll
             if self._closing or self._polling.locked() or idle < KEEPALIVE:
                 continue
             async with self._polling:
+                # Once a keep-alive batch waits untaken, take one message per poll: the
+                # poll is for the group, and what waits is bounded by that, not only by
+                # ``partition_buffer`` (which follows the window, and can be large).
+                size = KEEPALIVE_BATCH if len(self._released) < KEEPALIVE_BATCH else 1
                 try:
-                    messages = await self.client.consume(KEEPALIVE_BATCH, 0.0)
+                    messages = await self.client.consume(size, 0.0)
                 except FatalClientError as exc:
                     self._failure = exc
                     continue

@@ -50,15 +50,19 @@ class SqliteDatabase:
             max_workers=1, thread_name_prefix=f"sqlite-read-{path.name}"
         )
         self._reader: sqlite3.Connection | None = None
+        self._opening = asyncio.Lock()
         self._pending: list[tuple[Write, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._users = 0
 
     async def open(self) -> None:
-        self._users += 1
-        if self._conn is not None:
-            return
+        async with self._opening:  # a second user waits for the first one's open
+            if self._conn is None:
+                await self._connect()
+            self._users += 1
+
+    async def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def connect() -> sqlite3.Connection:
@@ -68,9 +72,14 @@ class SqliteDatabase:
             conn.execute("PRAGMA busy_timeout=5000")
             return conn
 
-        self._conn = await self._call(connect)
         loop = asyncio.get_running_loop()
-        self._reader = await loop.run_in_executor(self._reader_executor, connect)
+        conn = await self._call(connect)
+        try:
+            reader = await loop.run_in_executor(self._reader_executor, connect)
+        except BaseException:
+            await self._call(conn.close)
+            raise
+        self._conn, self._reader = conn, reader
         self._writer = asyncio.create_task(self._write_loop(), name=f"sqlite-writer:{self.path}")
 
     async def close(self) -> None:

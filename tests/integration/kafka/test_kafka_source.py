@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from confluent_kafka import Message
 
+from connectors.kafka import source as source_module
 from connectors.kafka.source import KafkaDelivery, KafkaSource, consumer_config
 
 pytestmark = pytest.mark.kafka
@@ -136,6 +138,38 @@ async def test_unset_partition_buffer_follows_the_cores_window():
     assert fake.resumed == []  # 500 outstanding: not below half of 1,000
     await d[5900].ack()
     assert fake.resumed == [(T, 0)]
+
+
+def test_from_config_without_partition_buffer_follows_the_window():
+    spec = SimpleNamespace(
+        options={"bootstrap_servers": "127.0.0.1:1", "topics": [T], "group_id": "g"}
+    )
+    source = KafkaSource.from_config("p", spec, None)  # type: ignore[arg-type]
+    source.window_changed(6400)
+    assert (source.partition_buffer, source.resume_below) == (6400, 3200)
+    spec.options["partition_buffer"] = 300
+    pinned = KafkaSource.from_config("p", spec, None)  # type: ignore[arg-type]
+    pinned.window_changed(6400)
+    assert pinned.partition_buffer == 300
+
+
+async def test_keepalive_polls_take_one_message_once_a_batch_waits(monkeypatch):
+    """While the core does not ask, the keep-alive poll keeps the member in its group; it
+    takes a batch, then one message per poll, however large ``partition_buffer`` is."""
+    monkeypatch.setattr(source_module, "KEEPALIVE", 0.01)
+    source, fake = make_source(partition_buffer=100_000)
+    source.on_assigned([(T, 0)], {})
+    fake.queue.extend(messages(0, range(5000)))
+    loop = asyncio.create_task(source._keepalive_loop())
+    try:
+        await asyncio.sleep(0.3)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    assert 500 < len(source._released) < 560  # one batch of 500, then one per poll
+    got = await source.receive(1000, 0)  # the core takes them, in order, then more
+    assert [d.event_id for d in got[:3]] == [f"{T}/0/0", f"{T}/0/1", f"{T}/0/2"]
+    assert len(got) == 1000
 
 
 async def test_a_set_partition_buffer_ignores_the_window():

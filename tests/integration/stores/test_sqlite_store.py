@@ -53,10 +53,12 @@ async def test_the_dedup_lookup_reads_beside_a_running_write(tmp_path: Path) -> 
             release.wait(5)  # the transaction stays open until the lookup answered
 
         write = store.db.write(slow_write)
-        assert await asyncio.to_thread(entered.wait, 5)
-        ids = ["orders:committed", "orders:uncommitted"]
-        found = await asyncio.wait_for(store.finished(ids, since=0.0), 2)
-        release.set()
+        try:
+            assert await asyncio.to_thread(entered.wait, 5)
+            ids = ["orders:committed", "orders:uncommitted"]
+            found = await asyncio.wait_for(store.finished(ids, since=0.0), 2)
+        finally:
+            release.set()
         await write
         assert found == {"orders:committed"}  # the open transaction is not seen
         assert await store.finished(ids, since=0.0) == set(ids)  # and is once committed
