@@ -70,8 +70,11 @@ DEDUP_WINDOW = 24 * 3600.0
 
 _WAITING = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
 
-CHECKPOINT_AGE = 0.5
-"""Seconds a task must be live before its intermediate states are written to the store."""
+CHECKPOINT_AGE = 2.0
+"""Seconds a task must be live before its intermediate states are written to the store.
+At 0.5 s, a batch-mode drain (tasks live 0.3-1 s while 12,800 are in flight) wrote most
+records twice: the SQLite thread took 2.5x the samples and the bridge 0.86 against
+0.69 CPU s per 10k messages; at 2 s, 0.78-0.81 (and 0.71-0.73 with 1,000 in flight)."""
 
 
 class Task:
