@@ -70,6 +70,10 @@ DEDUP_WINDOW = 24 * 3600.0
 
 _WAITING = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
 
+RECEIVE_STOP_WAIT = 5.0
+"""Seconds the shutdown waits for the receive loop to end by itself before cancelling
+it."""
+
 CHECKPOINT_AGE = 2.0
 """Seconds a task must be live before its intermediate states are written to the store.
 At 0.5 s, a batch-mode drain (tasks live 0.3-1 s while 12,800 are in flight) wrote most
@@ -186,6 +190,7 @@ class Pipeline:
         self._batch_open: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        self._receiving: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -225,7 +230,7 @@ class Pipeline:
             )
         log.info("pipeline %s started", self.name, extra=self._ctx)
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._receive_loop(), name=f"{self.name}:receive")
+            self._receiving = group.create_task(self._receive_loop(), name=f"{self.name}:receive")
             group.create_task(self._dispatch_loop(), name=f"{self.name}:dispatch")
             group.create_task(self.results.run(), name=f"{self.name}:deliver")
             group.create_task(self._housekeeping_loop(), name=f"{self.name}:housekeeping")
@@ -270,6 +275,7 @@ class Pipeline:
         while self._draining() and (remaining := deadline - time.monotonic()) > 0:
             self._room.clear()
             await self._wait(self._room, remaining)
+        await self._receive_stopped()
         if self.live:
             log.warning(
                 "pipeline %s: %d tasks unfinished at shutdown; handing them back",
@@ -293,6 +299,20 @@ class Pipeline:
         await self.source.close()
         log.info("pipeline %s stopped", self.name, extra=self._ctx)
         raise _Stopped
+
+    async def _receive_stopped(self) -> None:
+        """Let the receive loop see ``stopping`` and end (it waits at most about a
+        receive timeout); only then may the source close, or a receive still running
+        would read from a closed source. What it admitted last is handed back with the
+        rest of ``live``."""
+        receiving = self._receiving
+        if receiving is None or receiving.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(receiving), RECEIVE_STOP_WAIT)
+        except TimeoutError:
+            receiving.cancel()
+            await asyncio.gather(receiving, return_exceptions=True)
 
     def _draining(self) -> bool:
         """Whether in-flight work is left: invocations running, or results not yet
