@@ -70,6 +70,12 @@ DEDUP_WINDOW = 24 * 3600.0
 
 _WAITING = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
 
+HOUSEKEEPING_INTERVAL = 0.2
+"""Seconds between two runs of the housekeeping loop (isolation, spill, checkpoints)."""
+ANCHOR_WAIT = HOUSEKEEPING_INTERVAL + 0.05
+"""The least retry delay of a task of a spilling tenant that still holds its source
+message: long enough for a housekeeping run to anchor it (``Tenancy.spill``)."""
+
 RECEIVE_STOP_WAIT = 5.0
 """Seconds the shutdown waits for the receive loop to end by itself before cancelling
 it."""
@@ -778,6 +784,14 @@ class Pipeline:
                 why = f"gave up: a retry would pass max_age ({self.retry.max_age:g}s)"
             self._fail(task, kind, f"{outcome.message} ({why})", outcome.status)
             return
+        if (
+            self.isolation
+            and record.tenant in self.parking.spilling
+            and self.tenancy.holds_source(task)
+        ):
+            # Anchored at the next housekeeping tick, which must find it waiting: with a
+            # backoff of a few ms it would be running again, holding back the commits.
+            delay = max(delay, ANCHOR_WAIT)
         record.error = {"kind": kind.value, "message": outcome.message, "status": outcome.status}
         self._move(task, TaskState.RETRYING)
         task.not_before = time.time() + delay
@@ -875,7 +889,7 @@ class Pipeline:
     async def _housekeeping_loop(self) -> None:
         last_lease = time.monotonic()
         while not self.stopping:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             now = time.monotonic()
             self._checkpoint(time.time())
             try:

@@ -176,16 +176,21 @@ class Tenancy:
         """Tasks of a spilling tenant that wait for a retry while still holding their
         source message: they were running when the tenant began to spill. Parking them
         would let tasks behind their key overtake them, so they are anchored instead."""
-        p = self.pipeline
         return [
             t
-            for t in p.live.values()
-            if t.record.tenant == tenant
-            and t.retry_handle is not None
-            and not t.cancelled
-            and t.record.id not in p.parking.parking_ids
-            and any(d.settled is None and not p.parking.is_parked(d) for d in t.deliveries)
+            for t in self.pipeline.live.values()
+            if t.record.tenant == tenant and t.retry_handle is not None and self.holds_source(t)
         ]
+
+    def holds_source(self, task: Task) -> bool:
+        """Whether ``task`` (not cancelled, not being parked) still holds a source message
+        that no parked row stands for."""
+        p = self.pipeline
+        return (
+            not task.cancelled
+            and task.record.id not in p.parking.parking_ids
+            and any(d.settled is None and not p.parking.is_parked(d) for d in task.deliveries)
+        )
 
     def _waited_since(self, tenant: str, horizon: float) -> bool:
         """Whether a waiting task of ``tenant`` was received before ``horizon``."""

@@ -227,6 +227,7 @@ async def isolating_bridge(
     max_backoff: str,
     min_samples: int,
     failures: str | None = None,
+    initial_backoff: str = "50ms",
 ) -> BridgeProcess:
     """A Kafka pipeline with tenants from ``x-tenant`` and isolation on (spilling after
     20 waiting tasks), calling ``function``."""
@@ -241,7 +242,8 @@ async def isolating_bridge(
         results=results,
         failures=failures,
         retry=(
-            f"{{max_attempts: 10000, initial_backoff: 50ms, max_backoff: {max_backoff},"
+            f"{{max_attempts: 10000, initial_backoff: {initial_backoff},"
+            f" max_backoff: {max_backoff},"
             " max_age: 1h}"
         ),
         shutdown_timeout="2s",
@@ -356,14 +358,18 @@ async def test_tasks_running_when_their_tenant_spills_do_not_hold_back_commits(
     """A's calls take a second and then fail, so when A spills, the head task of every
     key of A is running. When those fail they wait for a retry still holding their
     Kafka messages: they are anchored in the store, so every partition commits to the
-    end while A keeps failing. After A recovers everything runs, in order per key."""
+    end while A keeps failing. After A recovers everything runs, in order per key.
+
+    The retry backoff is a few milliseconds: A is isolated by the tick after its third
+    failure, and with 50-100 ms the heads could still be waiting for that retry then
+    (they are parked with the rest, and nothing is left to anchor)."""
     partitions, keys = 2, 3
     topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
     group = tansu.unique("group")
     fn = FailingA(delay=1.0)
     bridge = await isolating_bridge(
         tansu, function_server, bridge_process, fn,
-        topic=topic, group=group, max_backoff="100ms", min_samples=3,
+        topic=topic, group=group, initial_backoff="1ms", max_backoff="5ms", min_samples=3,
     )  # fmt: skip
     records = tenant_records("B", 0, 20, keys) + tenant_records("A", 0, 90, keys)
     produced = await asyncio.to_thread(tansu.produce, topic, records)
