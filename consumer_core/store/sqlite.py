@@ -72,10 +72,9 @@ class SqliteDatabase:
             conn.execute("PRAGMA busy_timeout=5000")
             return conn
 
-        loop = asyncio.get_running_loop()
         conn = await self._call(connect)
         try:
-            reader = await loop.run_in_executor(self._reader_executor, connect)
+            reader = await self._call(connect, self._reader_executor)
         except BaseException:
             await self._call(conn.close)
             raise
@@ -97,30 +96,32 @@ class SqliteDatabase:
         self._executor.shutdown(wait=True)
         reader, self._reader = self._reader, None
         if reader is not None:
-            await asyncio.get_running_loop().run_in_executor(self._reader_executor, reader.close)
+            await self._call(reader.close, self._reader_executor)
         self._reader_executor.shutdown(wait=True)
 
-    async def _call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    async def _call(self, fn: Callable[[], T], executor: ThreadPoolExecutor | None = None) -> T:
+        """Run ``fn`` on the writer's thread, or on ``executor``'s."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor or self._executor, fn)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
-        if conn is None:
-            raise StoreError(f"database {self.path} is not open")
-        try:
-            return await self._call(lambda: fn(conn))
-        except sqlite3.Error as exc:
-            raise StoreError(f"reading {self.path}: {exc}") from exc
+        return await self._on(self._conn, self._executor, fn)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only ``fn`` on the reader connection: it sees every committed write
         and does not wait for the writer's transaction to end."""
-        conn = self._reader
+        return await self._on(self._reader, self._reader_executor, fn)
+
+    async def _on(
+        self,
+        conn: sqlite3.Connection | None,
+        executor: ThreadPoolExecutor,
+        fn: Callable[[sqlite3.Connection], T],
+    ) -> T:
         if conn is None:
             raise StoreError(f"database {self.path} is not open")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._reader_executor, lambda: fn(conn))
+            return await self._call(lambda: fn(conn), executor)
         except sqlite3.Error as exc:
             raise StoreError(f"reading {self.path}: {exc}") from exc
 
