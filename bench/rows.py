@@ -211,11 +211,11 @@ def _drain_and_pace(
         fn_cpu_10k=fn / counted * 10_000 if counted else None,
     )
     if bench.broker is not None and drained > 0:
-        broker, system = _cpu(bench.broker) - broker0, cpu
+        broker = _cpu(bench.broker) - broker0
         row = replace(
             row,
             note=f"{row.note}; CPU while draining: broker {broker / drained:.0%}, "
-            f"this system {system / drained:.0%}, function {fn / drained:.0%} of a core",
+            f"this system {cpu / drained:.0%}, function {fn / drained:.0%} of a core",
         )
     paced_at = time.time()
     if row.per_s and bench.scale.latency_seconds > 0:
