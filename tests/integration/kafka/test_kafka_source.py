@@ -160,13 +160,25 @@ async def test_keepalive_polls_take_one_message_once_a_batch_waits(monkeypatch):
     source, fake = make_source(partition_buffer=100_000)
     source.on_assigned([(T, 0)], {})
     fake.queue.extend(messages(0, range(5000)))
+    asked: list[int] = []
+    six_polls = asyncio.Event()
+    consume = fake.consume
+
+    async def counted(max_messages: int, timeout: float) -> list[Message[Any, Any]]:
+        asked.append(max_messages)
+        if len(asked) == 6:
+            six_polls.set()
+        return await consume(max_messages, timeout)
+
+    fake.consume = counted  # type: ignore[method-assign]
     loop = asyncio.create_task(source._keepalive_loop())
     try:
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(six_polls.wait(), 5)
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
-    assert 500 < len(source._released) < 560  # one batch of 500, then one per poll
+    assert asked == [500, 1, 1, 1, 1, 1]  # one batch, then one message per poll
+    assert len(source._released) == 505
     got = await source.receive(1000, 0)  # the core takes them, in order, then more
     assert [d.event_id for d in got[:3]] == [f"{T}/0/0", f"{T}/0/1", f"{T}/0/2"]
     assert len(got) == 1000
