@@ -168,6 +168,8 @@ class Feed:
         )
         self.refused: dict[str, str] = {}
         """Messages the broker never took (by id, with the reason): not the bridge's."""
+        self.confirmed: set[str] = set()
+        """Messages the broker acknowledged (their delivery report came back clean)."""
         self.sent: dict[str, float] = {}
         self.tenant_of: dict[str, str] = {}
         self.seq: dict[str, int] = defaultdict(int)
@@ -204,11 +206,19 @@ class Feed:
         def report(error: Any, _message: Any) -> None:
             if error is not None:
                 self.refused[message_id] = str(error)
+            else:
+                self.confirmed.add(message_id)
 
         return report
 
     def flush(self) -> None:
+        """Wait for every delivery report (up to 60 s). A message without one by then
+        may never have reached the broker: it counts as refused, not as lost by the
+        bridge (a client that gave up on it would say the same to its own caller)."""
         self.producer.flush(60)
+        for message_id in self.sent:
+            if message_id not in self.confirmed and message_id not in self.refused:
+                self.refused[message_id] = "no delivery report from the broker within 60 s"
 
 
 def committed(bootstrap: str, group: str, topic: str) -> list[int]:
@@ -433,6 +443,12 @@ async def run_scenario(
         if reader is not None:
             floor_arrived = await asyncio.to_thread(_floor_arrivals, reader)
             outcome.floor_p99_ms = _floor_p99(floor_arrived, feed)
+            if outcome.lost:
+                lost = [m for m in feed.sent if m not in harness.results and m not in feed.refused]
+                readable = sum(1 for m in lost if m in floor_arrived)
+                outcome.notes.append(
+                    f"of the {len(lost)} lost, {readable} were readable at the plain consumer"
+                )
         if feed.refused:
             reasons = sorted(set(feed.refused.values()))[:3]
             outcome.notes.append(f"the broker refused {len(feed.refused)} messages: {reasons}")
