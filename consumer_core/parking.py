@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import TYPE_CHECKING, Any
 
 from consumer_core.codec import dumps, dumps_text, loads
@@ -181,6 +181,11 @@ class Parking:
     def _row(self, task: Task) -> Parked:
         delivery = task.deliveries[0]
         record = task.record
+        stored = record.to_json()
+        if record.state is TaskState.RUNNING:
+            # An anchored task in flight: a copy loaded back (after a restart) is pending,
+            # since the call it was in is gone with the instance that made it.
+            stored["state"] = TaskState.PENDING.value
         return Parked(
             pipeline=self.pipeline.name,
             tenant=record.tenant,
@@ -190,7 +195,7 @@ class Parking:
             attributes=attributes_json(task.event),
             data=_data(task),
             headers=dumps_text({**delivery.headers, "traceparent": task.traceparent}),
-            record=dumps_text(record.to_json()),
+            record=dumps_text(stored),
             not_before=task.not_before,
         )
 
@@ -219,8 +224,8 @@ class Parking:
         return isinstance(delivery, ParkedDelivery | AnchoredDelivery)
 
     async def anchor(self, tasks: Sequence[Task]) -> None:
-        """Write copies of ``tasks``, which stay in memory (retrying), then settle their
-        source messages, so they hold back no commit. The copy is loaded back like any
+        """Write copies of ``tasks``, which stay in memory (retrying, or in a call), then
+        settle their source messages, so they hold back no commit. The copy is loaded back like any
         parked row: while the task is still live it joins it (and is deleted with it);
         once the task finished it is deleted unrun."""
         if not tasks:
@@ -247,7 +252,8 @@ class Parking:
                     kept.append(AnchoredDelivery(delivery))
             task.deliveries = kept
         log.info(
-            "pipeline %s: %d retrying tasks of tenant %s anchored in the store",
+            "pipeline %s: %d tasks of tenant %s (retrying, or in a long call) anchored in "
+            "the store",
             self.pipeline.name,
             len(tasks),
             tasks[0].record.tenant,
@@ -462,24 +468,38 @@ class Parking:
         task is still being parked (it is read again later) and at a reference the source
         cannot read back now."""
         pipeline = self.pipeline
-        last = 0
         # A row whose task is still being written stops the load: it and the rows after
         # it are read again later (their messages too, so none is read back for nothing).
         stop = next((i for i, r in enumerate(rows) if r.task_id in self.parking_ids), len(rows))
         rows = rows[:stop]
         if not rows:
             return 0
+        # An anchored task may finish while this looks: its record is committed after the
+        # store read began, and it leaves ``live`` before the rows are gone through. The
+        # pipeline adds every task settled meanwhile to ``settled`` (as for its own dedup
+        # lookups); else such a row would run its task a second time.
+        with pipeline.settling() as settled:
+            return await self._load_rows(rows, held, settled)
+
+    async def _load_rows(
+        self,
+        rows: Sequence[Parked],
+        held: dict[int, tuple[float, list[str]]],
+        settled: set[str],
+    ) -> int:
+        pipeline = self.pipeline
+        last = 0
         finished = await self.store.finished([r.task_id for r in rows], since=0.0)
         rows, reread = await self._reread(rows, held)
         for row in rows:
             if row.task_id in self.parking_ids:
                 break  # it began to be written again meanwhile
             last = row.seq
-            if row.task_id in finished:
+            if row.task_id in finished or row.task_id in settled:
                 await self.unpark(row.seq, row.tenant)
                 continue
             if row.task_id.startswith(REFERENCE):
-                await self._load_references(row, *held[row.seq], reread)
+                await self._load_references(row, *held[row.seq], reread, settled)
                 continue
             record = TaskRecord.from_json(loads(row.record))
             event = from_stored(row.attributes, row.data)
@@ -545,6 +565,7 @@ class Parking:
         received: float,
         references: list[str],
         reread: dict[str, tuple[Delivery, bool]],
+        settled: Set[str],
     ) -> None:
         left = [len(references)]
         for reference in references:
@@ -561,7 +582,7 @@ class Parking:
             if found is None:
                 self._gone(row, reference, delivery)
             else:
-                await self._admit_reread(delivery, *found)
+                await self._admit_reread(delivery, *found, settled)
 
     def _gone(self, row: Parked, reference: str, delivery: ParkedDelivery) -> None:
         """Fail the task of a spilled message its source no longer has."""
@@ -587,7 +608,7 @@ class Parking:
         pipeline._fail(task, ErrorKind.EXPIRED, reason, None)
 
     async def _admit_reread(
-        self, delivery: ParkedDelivery, message: Delivery, already_ran: bool
+        self, delivery: ParkedDelivery, message: Delivery, already_ran: bool, settled: Set[str]
     ) -> None:
         pipeline = self.pipeline
         delivery.event, delivery.event_id = message.event, message.event_id
@@ -599,7 +620,7 @@ class Parking:
         live = pipeline.live.get(tid)
         if live is not None:
             live.deliveries.append(delivery)
-        elif already_ran:
+        elif already_ran or tid in settled:
             await delivery.ack()
         else:
             admitted = pipeline._admit(delivery, tid)

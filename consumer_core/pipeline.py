@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -481,11 +481,10 @@ class Pipeline:
             # store read its snapshot, and it left ``live`` before the answer came back.
             # Such ids are caught here, whatever the store (otherwise a copy arriving as
             # its original completes would run a second time).
-            settled: set[str] = set()
-            self._lookups.append(settled)
             try:
-                found = await self.store.finished(ids, since=time.time() - self.dedup_window)
-                return found | settled
+                with self.settling() as settled:
+                    found = await self.store.finished(ids, since=time.time() - self.dedup_window)
+                    return found | settled
             except StoreError as exc:
                 if self.stopping:
                     return None
@@ -498,9 +497,19 @@ class Pipeline:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            finally:
-                self._lookups.remove(settled)
         return set()
+
+    @contextlib.contextmanager
+    def settling(self) -> Iterator[set[str]]:
+        """A set that collects the id of every task settled while it is open (see
+        ``_finished_ids``). Lookups overlap (the receive loop's, the refill's), so each
+        set is dropped by identity: two sets with the same ids are equal."""
+        settled: set[str] = set()
+        self._lookups.append(settled)
+        try:
+            yield settled
+        finally:
+            self._lookups = [s for s in self._lookups if s is not settled]
 
     def _gate_for(self, delivery: Delivery) -> str | None:
         ordering = self.config.ordering

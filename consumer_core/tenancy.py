@@ -19,12 +19,16 @@ from consumer_core.tasks import TaskState
 if TYPE_CHECKING:
     from consumer_core.pipeline import Pipeline, Task
 
-__all__ = ["SPILL_WAIT", "Tenancy"]
+__all__ = ["RUNNING_ANCHOR_AFTER", "SPILL_WAIT", "Tenancy"]
 
 log = logging.getLogger("consumer_core.pipeline")
 
 SPILL_WAIT = 1.0
 """Seconds an isolated tenant's task may wait before its backlog is parked in the store."""
+RUNNING_ANCHOR_AFTER = 1.0
+"""Seconds a call of a spilling tenant may be in flight before its task is anchored in the
+store, so that its message no longer holds back the source's commits (a slow tenant's
+calls would otherwise hold them for as long as each call takes)."""
 
 _WAITING = (TaskState.PENDING, TaskState.PAUSED, TaskState.RETRYING)
 
@@ -151,7 +155,7 @@ class Tenancy:
         horizon = time.time() - SPILL_WAIT
         for tenant, lane in list(p.lanes.items()):
             if tenant in p.parking.spilling:
-                await p.parking.anchor(self._holding_source(tenant))
+                await p.parking.anchor(self._holding_source(tenant, time.time()))
                 continue
             waiting = p.tenant_live[tenant] - p.tenant_inflight[tenant]
             if waiting <= 0:
@@ -172,14 +176,22 @@ class Tenancy:
         )
         await self.pipeline.parking.park(tasks)
 
-    def _holding_source(self, tenant: str) -> list[Task]:
-        """Tasks of a spilling tenant that wait for a retry while still holding their
-        source message: they were running when the tenant began to spill. Parking them
-        would let tasks behind their key overtake them, so they are anchored instead."""
+    def _holding_source(self, tenant: str, now: float) -> list[Task]:
+        """Tasks of a spilling tenant that still hold their source message: those waiting
+        for a retry (they were running when the tenant began to spill), and those whose
+        call has been in flight for ``RUNNING_ANCHOR_AFTER`` at ``now``. Parking them
+        would let tasks behind their key overtake them, so they are anchored instead: a
+        copy goes to the store and the message is settled."""
+        running_since = now - RUNNING_ANCHOR_AFTER
         return [
             t
             for t in self.pipeline.live.values()
-            if t.record.tenant == tenant and t.retry_handle is not None and self.holds_source(t)
+            if t.record.tenant == tenant
+            and (
+                t.retry_handle is not None
+                or (t.lane is not None and (t.record.dispatched or running_since) < running_since)
+            )
+            and self.holds_source(t)
         ]
 
     def holds_source(self, task: Task) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -384,6 +385,70 @@ async def test_tasks_running_when_their_tenant_spills_do_not_hold_back_commits(
     await eventually(lambda: fn.done() >= 90, 60, "all of A")
     assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
     assert fn.seqs_by_key() == {f"A{k}": list(range(30)) for k in range(keys)}
+
+
+class SlowA(FailingA):
+    """A's calls take ``delay`` seconds while ``broken`` (then none does); B's take
+    ``b_delay``. Every call succeeds; A's are kept in the order they arrived."""
+
+    def __init__(self, delay: float, b_delay: float) -> None:
+        super().__init__(delay)
+        self.b_delay = b_delay
+        self.first_a: float | None = None
+        """When (``time.monotonic()``) the first call of A arrived."""
+
+    def __call__(self, call: Call) -> Reply:
+        if call.key is not None and call.key.startswith("A"):
+            if self.first_a is None:
+                self.first_a = time.monotonic()
+            self.succeeded.append(call)
+            return Reply(200, {"ok": True}, delay=self.delay if self.broken else 0.0)
+        return Reply(200, {"ok": True}, delay=self.b_delay)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_calls_in_flight_of_a_spilling_tenant_do_not_hold_back_commits(
+    tansu: Tansu,
+    function_server: Callable[..., FunctionServer],
+    bridge_process: Callable[..., BridgeProcess],
+) -> None:
+    """A's calls take 8 s. Its first call per key is in flight when A is isolated and
+    spills (the rest wait behind those keys, and are parked); after a second in flight
+    each such task is anchored in the store and its message settled, so every partition
+    commits to the end while those calls are still running. After A speeds up every
+    message of A runs exactly once (the anchored copies join their running tasks, or
+    find them finished), in order per key, and nothing stays parked."""
+    partitions, keys, delay = 2, 3, 8.0
+    topic = await asyncio.to_thread(tansu.create_topic, tansu.unique("mt"), partitions)
+    group = tansu.unique("group")
+    fn = SlowA(delay=delay, b_delay=0.3)
+    bridge = await isolating_bridge(
+        tansu, function_server, bridge_process, fn,
+        topic=topic, group=group, max_backoff="200ms", min_samples=5,
+    )  # fmt: skip
+    records = tenant_records("B", 0, 20, keys) + tenant_records("A", 0, 90, keys)
+    produced = await asyncio.to_thread(tansu.produce, topic, records)
+    await start(bridge)
+    await eventually(lambda: fn.first_a is not None, 60, "A's first call")
+    assert fn.first_a is not None
+    # A's first calls return ``delay`` after they began: the commits must get to the
+    # end before that (without anchoring they wait for those calls)
+    before_a_returns = fn.first_a + delay - 0.5 - time.monotonic()
+    await committed_equals(
+        tansu, group, topic, partitions, counts(partitions, produced), timeout=before_a_returns
+    )
+    assert time.monotonic() < fn.first_a + delay
+    assert "in a long call) anchored in the store" in bridge.log()
+
+    fn.broken = False
+    await eventually(lambda: fn.done() >= 90, 60, "all of A")
+    await asyncio.sleep(1.0)  # an anchored copy run again would show up by now
+    assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
+    assert len(fn.succeeded) == 90, [c.event_id for c in fn.succeeded]
+    assert fn.seqs_by_key() == {f"A{k}": list(range(30)) for k in range(keys)}
+    with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
+        assert db.execute("SELECT count(*) FROM parked").fetchone() == (0,)
 
 
 @pytest.mark.e2e
