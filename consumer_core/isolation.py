@@ -4,9 +4,12 @@ Per tenant, over a sliding window of ``window`` seconds, the detector keeps the 
 of every finished invocation attempt (success, error, throttle) and its latency. A
 tenant in the shared lane is *isolated* when, with at least ``min_samples`` samples,
 its error rate reaches ``error_rate``, its throttle rate ``throttle_rate``, or its mean
-latency ``latency_factor`` times the other tenants' mean; or, while at least two
-tenants are active, it holds ``inflight_share`` of the shared lane's in-flight work or
-``backlog_share`` of its queued work. Pure and synchronous; the caller passes the time.
+latency ``latency_factor`` times the other tenants' mean; when a call of it has been in
+flight for ``latency_factor`` times the others' mean latency, and at least
+``SLOW_CALL`` seconds (a slow tenant's calls give no sample until they end); or, while
+at least two tenants are active, it holds ``inflight_share`` of the shared lane's
+in-flight work or ``backlog_share`` of its queued work. Pure and synchronous; the
+caller passes the time.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Detector", "Thresholds"]
+__all__ = ["SLOW_CALL", "Detector", "Thresholds"]
+
+SLOW_CALL = 1.0
+"""Seconds a call must have been in flight, at the least, to count as slow before it
+ends (however fast the others are)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,10 +113,12 @@ class Detector:
         now: float,
         inflight: Mapping[str, int],
         backlog: Mapping[str, int],
+        oldest_call: Mapping[str, float] | None = None,
     ) -> str | None:
         """Why ``tenant`` should be isolated now, or ``None``.
 
-        ``inflight`` and ``backlog`` are the shared lane's per-tenant counts.
+        ``inflight`` and ``backlog`` are the shared lane's per-tenant counts;
+        ``oldest_call`` how long (seconds) each tenant's oldest call in flight has run.
         """
         self._prune(now)
         t = self.t
@@ -121,13 +130,17 @@ class Detector:
                 return f"error rate {errors / n:.0%} over the last {t.window:g}s"
             if throttles / n >= t.throttle_rate:
                 return f"throttle rate {throttles / n:.0%} over the last {t.window:g}s"
-            others = [s for name, s in self._samples.items() if name != tenant and len(s)]
-            other_n = sum(len(s) for s in others)
-            if other_n >= t.min_samples:
-                mine = samples.latency_sum / n
-                norm = sum(s.latency_sum for s in others) / other_n
-                if norm > 0 and mine >= t.latency_factor * norm:
-                    return f"mean latency {mine * 1000:.0f}ms is {mine / norm:.0f}x the others'"
+            norm = self._norm(tenant)
+            mine = samples.latency_sum / n
+            if norm is not None and mine >= t.latency_factor * norm:
+                return f"mean latency {mine * 1000:.0f}ms is {mine / norm:.0f}x the others'"
+        age = (oldest_call or {}).get(tenant, 0.0)
+        if age >= SLOW_CALL:
+            norm = self._norm(tenant)
+            if norm is not None and age >= t.latency_factor * norm:
+                return (
+                    f"a call in flight for {age:.1f}s, {age / norm:.0f}x the others' mean latency"
+                )
         active = {name for name, count in inflight.items() if count} | {
             name for name, count in backlog.items() if count
         }
@@ -140,6 +153,16 @@ class Detector:
         if share is not None and share >= t.backlog_share and backlog[tenant] >= t.min_samples:
             return f"holds {share:.0%} of the queued work"
         return None
+
+    def _norm(self, tenant: str) -> float | None:
+        """The other tenants' mean latency over the window, if they have ``min_samples``
+        samples between them and it is above zero."""
+        others = [s for name, s in self._samples.items() if name != tenant and len(s)]
+        other_n = sum(len(s) for s in others)
+        if other_n < self.t.min_samples:
+            return None
+        norm = sum(s.latency_sum for s in others) / other_n
+        return norm if norm > 0 else None
 
     def forget(self, tenant: str) -> None:
         self._samples.pop(tenant, None)

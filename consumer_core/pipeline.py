@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence, Set
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -201,6 +201,8 @@ class Pipeline:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._calls: set[asyncio.Task[None]] = set()
+        self._running: dict[int, tuple[float, list[Task]]] = {}
+        """Calls in flight, by ``id`` of their batch: when (monotonic) each began."""
         self.results = ResultDelivery(self, on_success=on_success, on_failure=on_failure)
         self.parking = Parking(self, owner=f"{instance}/{self.name}")
         self.tenancy = Tenancy(self)
@@ -680,6 +682,7 @@ class Pipeline:
             self.tenant_inflight[record.tenant] += 1
             self._move(task, TaskState.RUNNING)
         lane.inflight += 1
+        self._running[id(batch)] = (time.monotonic(), batch)
         call = asyncio.create_task(self._invoke(lane, batch), name=f"{self.name}:invoke")
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
@@ -701,6 +704,7 @@ class Pipeline:
                 )
         finally:
             lane.inflight -= 1
+            self._running.pop(id(batch), None)
             for task in batch:
                 task.lane = None
                 self.tenant_inflight[task.record.tenant] -= 1
@@ -733,6 +737,17 @@ class Pipeline:
             self._settle_attempt(task, outcome)
         self._adjust_window(lane, outcomes, throttled)
         self._wake.set()
+
+    def oldest_calls(self, now: float, tenants: Set[str]) -> dict[str, float]:
+        """For each of ``tenants`` with a call in flight, how long (seconds, ``now`` being
+        monotonic) its oldest has run."""
+        oldest: dict[str, float] = {}
+        for began, batch in self._running.values():
+            for task in batch:
+                tenant = task.record.tenant
+                if tenant in tenants and now - began > oldest.get(tenant, 0.0):
+                    oldest[tenant] = now - began
+        return oldest
 
     def _adjust_window(
         self, lane: Lane[Task], outcomes: Sequence[Outcome], throttled: bool

@@ -46,14 +46,18 @@ class Tenancy:
         shared_tenants = {t for t in p.tenant_live if t not in p.lanes}
         if self._isolate_flood(shared_tenants) is not None:
             return
+        oldest = p.oldest_calls(now, shared_tenants)
         if len(shared_tenants) < 2 and not any(
-            p.detector.verdict(t, now=now, inflight={}, backlog={}) for t in shared_tenants
+            p.detector.verdict(t, now=now, inflight={}, backlog={}, oldest_call=oldest)
+            for t in shared_tenants
         ):
             return
         inflight = {t: p.tenant_inflight[t] for t in shared_tenants}
         backlog = {t: p.tenant_live[t] - p.tenant_inflight[t] for t in shared_tenants}
         for tenant in shared_tenants:
-            reason = p.detector.verdict(tenant, now=now, inflight=inflight, backlog=backlog)
+            reason = p.detector.verdict(
+                tenant, now=now, inflight=inflight, backlog=backlog, oldest_call=oldest
+            )
             if reason is not None:
                 self._promote(tenant, reason)
 

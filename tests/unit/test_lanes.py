@@ -65,6 +65,22 @@ def test_detector_flags_an_erroring_tenant_only():
     assert detector.verdict("b", now=20.0, inflight=counts, backlog=counts) is None
 
 
+def test_detector_flags_a_tenant_whose_call_runs_long_before_it_ends():
+    """A slow tenant's calls give no sample until they end (5 s later, say): a call in
+    flight for ``latency_factor`` times the others' mean latency, and at least a second,
+    flags it meanwhile. A call that is long only against very fast others is not enough
+    under a second, and without others' samples there is no norm."""
+    detector = Detector(_thresholds())
+    for i in range(20):
+        detector.record("b", ok=True, throttled=False, latency=0.01, now=float(i))
+    slow = detector.verdict("a", now=20.0, inflight={}, backlog={}, oldest_call={"a": 1.2})
+    assert slow == "a call in flight for 1.2s, 120x the others' mean latency"
+    assert detector.verdict("a", now=20.0, inflight={}, backlog={}, oldest_call={"a": 0.9}) is None
+    assert detector.verdict("b", now=20.0, inflight={}, backlog={}, oldest_call={"a": 5.0}) is None
+    alone = Detector(_thresholds())
+    assert alone.verdict("a", now=20.0, inflight={}, backlog={}, oldest_call={"a": 5.0}) is None
+
+
 def test_detector_forgets_samples_older_than_the_window():
     detector = Detector(_thresholds(window=10.0))
     for i in range(20):
