@@ -225,9 +225,9 @@ class Parking:
 
     async def anchor(self, tasks: Sequence[Task]) -> None:
         """Write copies of ``tasks``, which stay in memory (retrying, or in a call), then
-        settle their source messages, so they hold back no commit. The copy is loaded back like any
-        parked row: while the task is still live it joins it (and is deleted with it);
-        once the task finished it is deleted unrun."""
+        settle their source messages, so they hold back no commit. The copy is loaded
+        back like any parked row: while the task is still live it joins it (and is
+        deleted with it); once the task finished it is deleted unrun."""
         if not tasks:
             return
         rows = [self._row(task) for task in tasks]

@@ -682,7 +682,6 @@ class Pipeline:
             self.tenant_inflight[record.tenant] += 1
             self._move(task, TaskState.RUNNING)
         lane.inflight += 1
-        self._running[id(batch)] = (time.monotonic(), batch)
         call = asyncio.create_task(self._invoke(lane, batch), name=f"{self.name}:invoke")
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
@@ -697,6 +696,9 @@ class Pipeline:
         if attempt > 1:
             self.m_retries.inc(sum(1 for t in batch if t.record.attempts > 1))
         t0 = time.monotonic()
+        # Registered here, not in ``_start``: a call cancelled before it began never
+        # reaches the ``finally`` that drops it.
+        self._running[id(batch)] = (t0, batch)
         try:
             with Tracing.active(batch[0].span):
                 outcomes = await self.target.invoke(
