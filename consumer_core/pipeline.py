@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence, Set
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -740,16 +740,11 @@ class Pipeline:
         self._adjust_window(lane, outcomes, throttled)
         self._wake.set()
 
-    def oldest_calls(self, now: float, tenants: Set[str]) -> dict[str, float]:
-        """For each of ``tenants`` with a call in flight, how long (seconds, ``now`` being
-        monotonic) its oldest has run."""
-        oldest: dict[str, float] = {}
+    def in_flight(self) -> Iterator[tuple[float, Task]]:
+        """Every task in a call now, with when (monotonic) that call began."""
         for began, batch in self._running.values():
             for task in batch:
-                tenant = task.record.tenant
-                if tenant in tenants and now - began > oldest.get(tenant, 0.0):
-                    oldest[tenant] = now - began
-        return oldest
+                yield began, task
 
     def _adjust_window(
         self, lane: Lane[Task], outcomes: Sequence[Outcome], throttled: bool

@@ -46,7 +46,11 @@ class Tenancy:
         shared_tenants = {t for t in p.tenant_live if t not in p.lanes}
         if self._isolate_flood(shared_tenants) is not None:
             return
-        oldest = p.oldest_calls(now, shared_tenants)
+        oldest: dict[str, float] = {}  # per tenant, how long its oldest call has run
+        for began, task in p.in_flight():
+            tenant = task.record.tenant
+            if tenant in shared_tenants and now - began > oldest.get(tenant, 0.0):
+                oldest[tenant] = now - began
         if len(shared_tenants) < 2 and not any(
             p.detector.verdict(t, now=now, inflight={}, backlog={}, oldest_call=oldest)
             for t in shared_tenants
@@ -159,7 +163,7 @@ class Tenancy:
         horizon = time.time() - SPILL_WAIT
         for tenant, lane in list(p.lanes.items()):
             if tenant in p.parking.spilling:
-                await p.parking.anchor(self._holding_source(tenant, time.time()))
+                await p.parking.anchor(self._holding_source(tenant, time.monotonic()))
                 continue
             waiting = p.tenant_live[tenant] - p.tenant_inflight[tenant]
             if waiting <= 0:
@@ -183,20 +187,19 @@ class Tenancy:
     def _holding_source(self, tenant: str, now: float) -> list[Task]:
         """Tasks of a spilling tenant that still hold their source message: those waiting
         for a retry (they were running when the tenant began to spill), and those whose
-        call has been in flight for ``RUNNING_ANCHOR_AFTER`` at ``now``. Parking them
-        would let tasks behind their key overtake them, so they are anchored instead: a
-        copy goes to the store and the message is settled."""
-        running_since = now - RUNNING_ANCHOR_AFTER
-        return [
-            t
-            for t in self.pipeline.live.values()
-            if t.record.tenant == tenant
-            and (
-                t.retry_handle is not None
-                or (t.lane is not None and (t.record.dispatched or running_since) < running_since)
-            )
-            and self.holds_source(t)
+        call has been in flight for ``RUNNING_ANCHOR_AFTER`` at ``now`` (monotonic).
+        Parking them would let tasks behind their key overtake them, so they are anchored
+        instead: a copy goes to the store and the message is settled."""
+        p = self.pipeline
+        retrying = [
+            t for t in p.live.values() if t.record.tenant == tenant and t.retry_handle is not None
         ]
+        in_long_calls = [
+            t
+            for began, t in p.in_flight()
+            if t.record.tenant == tenant and now - began >= RUNNING_ANCHOR_AFTER
+        ]
+        return [t for t in retrying + in_long_calls if self.holds_source(t)]
 
     def holds_source(self, task: Task) -> bool:
         """Whether ``task`` (not cancelled, not being parked) still holds a source message
