@@ -443,12 +443,18 @@ async def test_calls_in_flight_of_a_spilling_tenant_do_not_hold_back_commits(
 
     fn.broken = False
     await eventually(lambda: fn.done() >= 90, 60, "all of A")
-    await asyncio.sleep(1.0)  # an anchored copy run again would show up by now
+
+    def parked_rows() -> int:
+        with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
+            return int(db.execute("SELECT count(*) FROM parked").fetchone()[0])
+
+    # every anchored copy was loaded back and deleted: one run again would have called
+    # the function before its row went
+    await eventually(lambda: parked_rows() == 0, 30, "no rows left parked")
     assert await asyncio.to_thread(bridge.terminate) == 0, bridge.log()
     assert len(fn.succeeded) == 90, [c.event_id for c in fn.succeeded]
     assert fn.seqs_by_key() == {f"A{k}": list(range(30)) for k in range(keys)}
-    with contextlib.closing(sqlite3.connect(bridge.workdir / "state.db")) as db:
-        assert db.execute("SELECT count(*) FROM parked").fetchone() == (0,)
+    assert parked_rows() == 0
 
 
 @pytest.mark.e2e
