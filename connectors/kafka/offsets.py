@@ -54,6 +54,10 @@ class OffsetTracker:
         self._next = offset + 1
         return self.epoch
 
+    def follows(self, offset: int) -> bool:
+        """Whether ``track(offset)`` would succeed without starting over."""
+        return self._next is None or offset >= self._next
+
     def done(self, offset: int, epoch: int) -> bool:
         """Mark ``offset`` finished. Idempotent. Returns False (and changes nothing) when
         ``epoch`` is not the current one or ``offset`` is not outstanding."""

@@ -46,8 +46,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence, Set
+from itertools import repeat
 from typing import Any, Final, Self
 
 from confluent_kafka import Message
@@ -353,8 +354,9 @@ class KafkaSource:
         to_pause: list[TopicPartition] = []
         run: KafkaDelivery | None = None  # the references being gathered
         tenants = self._guard(messages) if full and self._flood_guard is not None else None
-        for index, message in enumerate(messages):
-            delivery = self._take(message, run, _UNKNOWN if tenants is None else tenants[index])
+        paired = repeat(_UNKNOWN) if tenants is None else tenants
+        for message, tenant in zip(messages, paired, strict=False):
+            delivery = self._take(message, run, tenant)
             if delivery is None or delivery is run:
                 continue
             run = delivery if delivery.reference is not None else None
@@ -417,11 +419,12 @@ class KafkaSource:
 
     def _guard(self, messages: Sequence[Message[Any, Any]]) -> list[str | None]:
         """Each message's tenant, after showing the flood guard how many each has."""
-        tenants = [self._raw_tenant(m) for m in messages]
-        counts: dict[str, int] = {}
-        for tenant in tenants:
-            if tenant is not None:
-                counts[tenant] = counts.get(tenant, 0) + 1
+        tenant_of = self._tenant_of
+        assert tenant_of is not None
+        # As ``_raw_tenant``; a consumed record's headers are a list (or None), never the
+        # dict the stubs also allow (a producer's input).
+        tenants = [tenant_of(m.key(), m.headers()) for m in messages]  # type: ignore[arg-type]
+        counts = {t: n for t, n in Counter(tenants).items() if t is not None}  # counted in C
         assert self._flood_guard is not None
         self._flood_guard(counts, len(messages))
         return tenants
@@ -457,6 +460,23 @@ class KafkaSource:
         one. A message of a tenant that spills by reference extends ``run`` (returned)
         when it can, else starts a new run of references. ``tenant`` is the message's
         raw tenant when the caller has it already (else ``_UNKNOWN``)."""
+        if run is not None and tenant == run.tenant and len(run.positions) < RUN:
+            # A flood read past: the next record of the run's tenant (which spills: the
+            # set does not change during one ``_accept``), most likely of its partition.
+            current = run._state
+            if message.partition() == current.tp[1] and message.topic() == current.tp[0]:
+                at = message.offset()
+                tracker = current.tracker
+                if (
+                    at is not None
+                    and at >= 0
+                    and tracker.epoch == run._epoch
+                    and tracker.follows(at)
+                ):
+                    tracker.track(at)
+                    current.references += 1
+                    run.positions.append(at)
+                    return run
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None or offset < 0:
             return None

@@ -141,3 +141,16 @@ def test_a_rewinding_consumer_must_start_a_new_epoch():
         tracker.track(3)
     epoch = tracker.revoke()
     assert tracker.track(3) == epoch
+
+
+@given(st.lists(st.integers(min_value=-2, max_value=20), max_size=12))
+def test_follows_says_whether_track_would_succeed(offsets):
+    tracker = OffsetTracker()
+    for offset in offsets:
+        expected = tracker.follows(offset)
+        try:
+            tracker.track(offset)
+        except ValueError:
+            assert not expected
+        else:
+            assert expected

@@ -48,6 +48,10 @@ CASES = [
     (HEADER, None, [("x-tenant", b"a"), ("X-Tenant", b"b")]),  # an exact match wins
     (HEADER, None, [("X-Tenant", b"a"), ("X-Tenant", b"b")]),  # the last value wins
     (HEADER, None, [("X-Tenant", b"")]),  # empty: the default tenant
+    (HEADER, None, [("X-Tenant", b"a"), ("X-Tenant", b"")]),  # the last, empty, wins
+    (HEADER, None, [("X-Tenant", None)]),  # a header without a value
+    (HEADER, None, [("X-Tenant", b"\xffa")]),  # not UTF-8
+    (HEADER, None, [("x-tenant", b"a"), ("X-Tenant", b"")]),  # exact but empty
     (HEADER, None, [*CE, ("ce_xtenant", b"globex")]),  # the CloudEvents attribute
     (HEADER, None, [*CE, ("ce_xtenant", b"globex"), ("X-Tenant", b"acme")]),
     (TenantSpec(source=TenantFrom.KEY), b"k-1", []),
