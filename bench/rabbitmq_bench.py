@@ -73,13 +73,14 @@ pipelines:
 BODY = json.dumps({"order": 1, "items": [{"price": 9.5, "qty": 2}], "pad": "x" * 900})
 
 
-def fill(amqp: str, queue: str, n: int, keys: int) -> float:
-    """Declare ``queue`` and publish ``n`` ~1 KiB messages; return the publish rate."""
+def fill(amqp: str, queue: str, n: int, keys: int, first: int = 0) -> float:
+    """Declare ``queue`` and publish ``n`` ~1 KiB messages (ids from ``first`` on);
+    return the publish rate."""
     with pika.BlockingConnection(pika.URLParameters(amqp)) as conn:
         channel = conn.channel()
         channel.queue_declare(queue, durable=True)
         started = time.perf_counter()
-        for i in range(n):
+        for i in range(first, first + n):
             properties = pika.BasicProperties(
                 content_type="application/json",
                 message_id=f"{queue}-{i}",

@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,7 +42,16 @@ from bench.kafka_bench import (
     run_bridge,
 )
 from bench.report import Row
-from bench.support import ROOT, cpu_seconds, function_server, rss_mb, start, stop
+from bench.support import (
+    ROOT,
+    cpu_seconds,
+    free_port,
+    function_server,
+    rss_mb,
+    start,
+    stop,
+    wait_http,
+)
 
 FASTSTREAM_PIP = "faststream[kafka]"
 LATENCY_CAP = 10_000.0
@@ -492,6 +502,93 @@ def backlog_row(bench: Bench, n: int, seconds: float, delay: float = 0.1) -> Row
         soak=(n, seconds, flat),
         note=(
             f"fn {delay * 1000:.0f} ms, {seconds:.0f}s, {len(results.seen):,} done; "
+            f"RSS mean first third {early:.0f} MB, last third {late:.0f} MB "
+            f"(flat: {'yes' if flat else 'no'}); "
+            f"RSS at each tenth: {' '.join(f'{samples[i]:.0f}' for i in tenths)}"
+        ),
+    )
+
+
+def backlog_rabbitmq_row(bench: Bench, n: int, seconds: float, delay: float = 0.1) -> Row:
+    """The memory row on a broker that keeps a deep backlog on disk: RabbitMQ with ``n``
+    messages queued (two publisher processes fill it first), the bridge (binary,
+    prefetch 256) and a function that answers after ``delay`` seconds; the bridge's
+    RSS sampled every second for ``seconds``. tansu keeps every record in memory and
+    serves no fetch with 5M of them, so the Kafka row cannot hold that backlog."""
+    name = f"bridge backlog {n / 1e6:g}M (RabbitMQ)"
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(bench.args.amqp)).close()
+    except pika.exceptions.AMQPError:
+        return Row(name=name, kind="memory", note=f"RabbitMQ not reachable at {bench.args.amqp}")
+    tag = uuid.uuid4().hex[:8]
+    queue, results = f"backlog-{tag}", f"backlog-{tag}-results"
+    half = n // 2
+    fill_started = time.monotonic()
+    with ProcessPoolExecutor(2) as pool:
+        jobs = [
+            pool.submit(rabbitmq_bench.fill, bench.args.amqp, queue, size, KEYS, first)
+            for first, size in ((0, half), (half, n - half))
+        ]
+        rates = [job.result() for job in jobs]
+    filled_in = time.monotonic() - fill_started
+    slow, slow_url = function_server(delay=delay)
+    samples: list[float] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            port = free_port()
+            (work / "bridge.yaml").write_text(
+                rabbitmq_bench.CONFIG.format(
+                    port=port,
+                    amqp=bench.args.amqp,
+                    queue=queue,
+                    results=results,
+                    prefetch=256,
+                    url=slow_url,
+                    mode="binary",
+                    window=256,
+                )
+            )
+            with pika.BlockingConnection(pika.URLParameters(bench.args.amqp)) as conn:
+                conn.channel().queue_declare(results, durable=True)
+            command = [sys.executable, "-m", "consumer_core", "--log-level", "warning"]
+            proc = start(
+                [*command, "run", "bridge.yaml"],
+                cwd=work,
+                log=work / "bridge.log",
+            )
+            try:
+                wait_http(f"http://127.0.0.1:{port}/readyz")
+                started = time.monotonic()
+                while time.monotonic() - started < seconds:
+                    time.sleep(1.0)
+                    if proc.poll() is not None:
+                        raise RuntimeError((work / "bridge.log").read_text()[-2000:])
+                    samples.append(rss_now_mb(proc.pid))
+                peak = rss_mb(proc.pid)
+                done = rabbitmq_bench.count(bench.args.amqp, results)
+                left = rabbitmq_bench.count(bench.args.amqp, queue)
+            finally:
+                stop(proc)
+    finally:
+        stop(slow)
+        rabbitmq_bench.delete(bench.args.amqp, queue, results)
+    third = max(1, len(samples) // 3)
+    tenths = sorted({min(len(samples) - 1, len(samples) * k // 10) for k in range(1, 11)})
+    early, late = statistics.mean(samples[:third]), statistics.mean(samples[-third:])
+    flat = late <= 1.1 * early
+    if not done:
+        return Row(name=name, kind="memory", note=f"no result in {seconds:.0f}s: not a measurement")
+    return Row(
+        name=name,
+        kind="memory",
+        rss_mb=peak,
+        soak=(n, seconds, flat),
+        note=(
+            f"filled in {filled_in:.0f}s ({sum(rates):,.0f} msgs/s); fn {delay * 1000:.0f} ms, "
+            f"{seconds:.0f}s, {done:,} done, {left:,} still queued at the end; "
             f"RSS mean first third {early:.0f} MB, last third {late:.0f} MB "
             f"(flat: {'yes' if flat else 'no'}); "
             f"RSS at each tenth: {' '.join(f'{samples[i]:.0f}' for i in tenths)}"

@@ -235,8 +235,15 @@ class Rereads(Protocol):
     full_read_at: float
 
     def spill_by_reference(
-        self, tenants: Set[str], tenant_of: RawTenant, flood_guard: FloodGuard | None = None
-    ) -> None: ...
+        self,
+        tenants: Set[str],
+        tenant_of: RawTenant,
+        flood_guard: FloodGuard | None = None,
+        *,
+        reads_headers: bool = True,
+    ) -> None:
+        """``reads_headers=False``: ``tenant_of`` does not look at the headers (a tenant
+        from the key), so the source may pass ``None`` for them and skip building them."""
 
     def position(self, delivery: Delivery) -> tuple[str, int] | None:
         """Where a (decoded) delivery of this source can be read again, as

@@ -76,6 +76,10 @@ class PayloadChecks:
         spec = self.tenant_spec
         if spec is not None and spec.source is TenantFrom.HEADER and spec.name:
             self.raw_tenant = self._by_header(spec.name)
+        self.raw_tenant_reads_headers = spec is not None and spec.source is TenantFrom.HEADER
+        """Whether ``raw_tenant`` looks at the headers at all (a source may then skip
+        building them: confluent-kafka's ``headers()`` is half the cost of reading a
+        record past as a reference)."""
 
     def tenant(self, delivery: Delivery, event: CloudEvent) -> str:
         spec = self.tenant_spec

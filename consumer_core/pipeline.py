@@ -234,7 +234,10 @@ class Pipeline:
         await self.parking.start()
         if self.parking.rereads is not None:
             self.parking.rereads.spill_by_reference(
-                self.parking.spilling, self.checks.raw_tenant, self.tenancy.flood_guard
+                self.parking.spilling,
+                self.checks.raw_tenant,
+                self.tenancy.flood_guard,
+                reads_headers=self.checks.raw_tenant_reads_headers,
             )
         log.info("pipeline %s started", self.name, extra=self._ctx)
         async with asyncio.TaskGroup() as group:

@@ -246,6 +246,7 @@ class KafkaSource:
         self._spill_tenants: Set[str] = frozenset()
         self._tenant_of: RawTenant | None = None
         self._flood_guard: FloodGuard | None = None
+        self._reads_headers = True
         self._rereader: Rereader | None = None
 
     @classmethod
@@ -403,15 +404,23 @@ class KafkaSource:
     # ----------------------------------------------------------------- spilling by reference
 
     def spill_by_reference(
-        self, tenants: Set[str], tenant_of: RawTenant, flood_guard: FloodGuard | None = None
+        self,
+        tenants: Set[str],
+        tenant_of: RawTenant,
+        flood_guard: FloodGuard | None = None,
+        *,
+        reads_headers: bool = True,
     ) -> None:
         """Hand messages of ``tenants`` over undecoded, as references (see ``Rereads``)."""
         self._spill_tenants = tenants
         self._tenant_of = tenant_of
         self._flood_guard = flood_guard
+        self._reads_headers = reads_headers
 
     def _raw_tenant(self, message: Message[Any, Any]) -> str | None:
         assert self._tenant_of is not None
+        if not self._reads_headers:
+            return self._tenant_of(message.key(), None)
         headers = message.headers()  # confluent-kafka keeps the list: decoding reuses it
         return self._tenant_of(
             message.key(), list(headers.items()) if isinstance(headers, dict) else headers
@@ -423,7 +432,10 @@ class KafkaSource:
         assert tenant_of is not None
         # As ``_raw_tenant``; a consumed record's headers are a list (or None), never the
         # dict the stubs also allow (a producer's input).
-        tenants = [tenant_of(m.key(), m.headers()) for m in messages]  # type: ignore[arg-type]
+        if self._reads_headers:
+            tenants = [tenant_of(m.key(), m.headers()) for m in messages]  # type: ignore[arg-type]
+        else:
+            tenants = [tenant_of(m.key(), None) for m in messages]
         counts = {t: n for t, n in Counter(tenants).items() if t is not None}  # counted in C
         assert self._flood_guard is not None
         self._flood_guard(counts, len(messages))

@@ -90,3 +90,14 @@ def test_raw_tenant_values():
 )
 def test_raw_tenant_says_when_it_cannot_tell(spec, key, headers):
     assert checks(spec).raw_tenant(key, headers) is None
+
+
+@pytest.mark.parametrize(("spec", "key", "headers"), CASES)
+def test_a_tenant_that_does_not_read_headers_answers_the_same_without_them(spec, key, headers):
+    """A source skips building the headers when ``raw_tenant_reads_headers`` is false."""
+    payload = checks(spec)
+    if payload.raw_tenant_reads_headers:
+        assert spec is not None
+        assert spec.source is TenantFrom.HEADER
+    else:
+        assert payload.raw_tenant(key, None) == payload.raw_tenant(key, headers)

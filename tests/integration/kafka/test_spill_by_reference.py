@@ -156,6 +156,38 @@ async def test_the_flood_guard_sees_a_full_read_before_any_of_it_is_decoded(tans
         await source.close()
 
 
+async def test_a_tenant_from_the_key_is_told_without_building_the_headers(tansu: Tansu):
+    """``reads_headers=False``: the source hands ``tenant_of`` no headers, on a full read
+    (the flood guard's path) and on the others, and the references are the same."""
+    topic = tansu.create_topic(tansu.unique("spill"), 1)
+    tenants = ["B"] * 3 + ["A"] * 200 + ["B"] * 3 + ["A"] * 2
+    await asyncio.to_thread(tansu.produce, topic, [record(n, t) for n, t in enumerate(tenants)])
+    source = source_for(tansu, topic)
+    asked: list[Any] = []
+
+    def key_tenant(key, headers):
+        asked.append(headers)
+        return key.decode().split("-")[0]
+
+    source.spill_by_reference({"A"}, key_tenant, lambda counts, size: None, reads_headers=False)
+    await source.connect()
+    got: list[Delivery] = []
+    try:
+        async with asyncio.timeout(60):
+            while sum(len(d.positions) or 1 for d in got) < len(tenants):
+                got.extend(await source.receive(100, 0.5))
+        assert asked
+        assert all(headers is None for headers in asked)
+        positions = [p for d in got if d.reference for p in d.positions]
+        assert positions == [n for n, t in enumerate(tenants) if t == "A"]
+        decoded = [d.event.get_id() for d in got if d.reference is None and d.event]
+        assert decoded == [f"m{n}" for n, t in enumerate(tenants) if t == "B"]
+    finally:
+        for delivery in got:
+            await delivery.ack()
+        await source.close()
+
+
 async def test_a_tenant_that_stops_spilling_is_decoded_again(tansu: Tansu):
     topic = tansu.create_topic(tansu.unique("spill"), 1)
     await asyncio.to_thread(tansu.produce, topic, [record(n, "A") for n in range(4)])
