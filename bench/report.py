@@ -139,7 +139,8 @@ def targets(rows: list[Row]) -> str:
     by = {r.name: r for r in rows}
     binary, batch = by.get("bridge Kafka binary"), by.get("bridge Kafka batch")
     memory = by.get("bridge Kafka binary, state in memory")
-    # The memory row with the deepest, longest soak (the Kafka and RabbitMQ rows can both run).
+    # The memory row with the deepest, longest soak that measured something (the Kafka and
+    # RabbitMQ rows can both run; of equals, the first).
     backlog = max(
         (r for r in rows if r.kind == "memory"),
         key=lambda r: (r.soak or (0, 0.0, False))[:2],

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -526,12 +527,15 @@ def backlog_rabbitmq_row(bench: Bench, n: int, seconds: float, delay: float = 0.
     queue, results = f"backlog-{tag}", f"backlog-{tag}-results"
     half = n // 2
     fill_started = time.monotonic()
-    with ProcessPoolExecutor(2) as pool:
+    # spawned, not forked: this process has librdkafka threads running
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [
             pool.submit(rabbitmq_bench.fill, bench.args.amqp, queue, size, KEYS, first)
             for first, size in ((0, half), (half, n - half))
         ]
         rates = [job.result() for job in jobs]
+    while rabbitmq_bench.count(bench.args.amqp, queue) < n:  # each waited for its own half
+        time.sleep(0.2)
     filled_in = time.monotonic() - fill_started
     slow, slow_url = function_server(delay=delay)
     samples: list[float] = []

@@ -45,15 +45,20 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def _raw_header(headers: Sequence[tuple[str, str | bytes | None]], name: str) -> str | bytes | None:
-    """The last value of header ``name``, matched exactly, else ignoring case (as the
-    decoded headers keep a repeated header's last value)."""
-    exact = lowered = None
+    """What ``_header`` finds in the decoded headers (a dict keeping each name's last
+    value, in order of first appearance): the last value of header ``name``, else the
+    last value of the first name that matches it ignoring case."""
+    exact = lowered = other = None
     lower_name = name.lower()
     for candidate, value in headers:
         if candidate == name:
             exact = value or b""
-        elif exact is None and candidate.lower() == lower_name:
-            lowered = value or b""
+        elif (
+            exact is None
+            and (other is None or candidate == other)
+            and candidate.lower() == lower_name
+        ):
+            other, lowered = candidate, value or b""
     return exact if exact is not None else lowered
 
 

@@ -356,7 +356,7 @@ class KafkaSource:
         run: KafkaDelivery | None = None  # the references being gathered
         tenants = self._guard(messages) if full and self._flood_guard is not None else None
         paired = repeat(_UNKNOWN) if tenants is None else tenants
-        for message, tenant in zip(messages, paired, strict=False):
+        for message, tenant in zip(messages, paired, strict=False):  # repeat() has no end
             delivery = self._take(message, run, tenant)
             if delivery is None or delivery is run:
                 continue

@@ -52,6 +52,10 @@ CASES = [
     (HEADER, None, [("X-Tenant", None)]),  # a header without a value
     (HEADER, None, [("X-Tenant", b"\xffa")]),  # not UTF-8
     (HEADER, None, [("x-tenant", b"a"), ("X-Tenant", b"")]),  # exact but empty
+    # no exact match: the first name that matches ignoring case, with its last value
+    (HEADER, None, [("x-tenant", b"\xff"), ("X-TENANT", b"a")]),
+    (HEADER, None, [("x-tenant", b"a"), ("X-TENANT", b"")]),
+    (HEADER, None, [("x-tenant", b"a"), ("X-TENANT", b"b"), ("x-tenant", b"c")]),
     (HEADER, None, [*CE, ("ce_xtenant", b"globex")]),  # the CloudEvents attribute
     (HEADER, None, [*CE, ("ce_xtenant", b"globex"), ("X-Tenant", b"acme")]),
     (TenantSpec(source=TenantFrom.KEY), b"k-1", []),
