@@ -48,7 +48,10 @@ def work(call: Call) -> Reply:
     return Reply(200, {"i": call.data["i"]}, delay=0.01)
 
 
-@pytest.mark.timeout(120 + 2 * FUNCTION_DOWN_S)
+# Longer than the scenario's own waits (60 s for the first results, the feeder, 120 s
+# for every result in ``finish``), so that a stall fails with their message (which
+# messages, what the pipeline holds) instead of a bare timeout.
+@pytest.mark.timeout(300 + 2 * FUNCTION_DOWN_S)
 async def test_function_down_then_back_every_message_succeeds(
     moto: Moto,
     function_server: Callable[..., FunctionServer],
@@ -134,7 +137,7 @@ def _attempts(fn: FunctionServer) -> str:
     return f"{repeated} invocations repeated; up to attempt {highest}"
 
 
-@pytest.mark.timeout(120 + 2 * SINK_DOWN_S)
+@pytest.mark.timeout(300 + 2 * SINK_DOWN_S)  # as above
 async def test_webhook_refusing_then_accepting_gets_every_result_once(
     moto: Moto,
     function_server: Callable[..., FunctionServer],
