@@ -454,6 +454,20 @@ def rss_now_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_soak(samples: list[float]) -> tuple[bool, str]:
+    """Whether RSS sampled over a soak stayed flat (the last third's mean within 10% of
+    the first third's), and the note that shows it."""
+    third = max(1, len(samples) // 3)
+    tenths = sorted({min(len(samples) - 1, len(samples) * k // 10) for k in range(1, 11)})
+    early, late = statistics.mean(samples[:third]), statistics.mean(samples[-third:])
+    flat = late <= 1.1 * early
+    return flat, (
+        f"RSS mean first third {early:.0f} MB, last third {late:.0f} MB "
+        f"(flat: {'yes' if flat else 'no'}); "
+        f"RSS at each tenth: {' '.join(f'{samples[i]:.0f}' for i in tenths)}"
+    )
+
+
 def backlog_row(bench: Bench, n: int, seconds: float, delay: float = 0.1) -> Row:
     """The bridge (Kafka binary) started on a backlog of ``n`` records with a function
     that answers after ``delay`` seconds; its RSS sampled every second for ``seconds``."""
@@ -484,10 +498,7 @@ def backlog_row(bench: Bench, n: int, seconds: float, delay: float = 0.1) -> Row
         results.stop()
         stop(slow)
         drop_topics(bench.bootstrap, topic, out)
-    third = max(1, len(samples) // 3)
-    tenths = sorted({min(len(samples) - 1, len(samples) * k // 10) for k in range(1, 11)})
-    early, late = statistics.mean(samples[:third]), statistics.mean(samples[-third:])
-    flat = late <= 1.1 * early
+    flat, rss_note = rss_soak(samples)
     if not results.seen:
         # An idle bridge's RSS says nothing about a backlog (seen with 5M records: tansu's
         # memory storage kept a core busy and served no fetch in 10 minutes).
@@ -501,12 +512,7 @@ def backlog_row(bench: Bench, n: int, seconds: float, delay: float = 0.1) -> Row
         kind="memory",
         rss_mb=peak,
         soak=(n, seconds, flat),
-        note=(
-            f"fn {delay * 1000:.0f} ms, {seconds:.0f}s, {len(results.seen):,} done; "
-            f"RSS mean first third {early:.0f} MB, last third {late:.0f} MB "
-            f"(flat: {'yes' if flat else 'no'}); "
-            f"RSS at each tenth: {' '.join(f'{samples[i]:.0f}' for i in tenths)}"
-        ),
+        note=(f"fn {delay * 1000:.0f} ms, {seconds:.0f}s, {len(results.seen):,} done; {rss_note}"),
     )
 
 
@@ -579,10 +585,7 @@ def backlog_rabbitmq_row(bench: Bench, n: int, seconds: float, delay: float = 0.
     finally:
         stop(slow)
         rabbitmq_bench.delete(bench.args.amqp, queue, results)
-    third = max(1, len(samples) // 3)
-    tenths = sorted({min(len(samples) - 1, len(samples) * k // 10) for k in range(1, 11)})
-    early, late = statistics.mean(samples[:third]), statistics.mean(samples[-third:])
-    flat = late <= 1.1 * early
+    flat, rss_note = rss_soak(samples)
     if not done:
         return Row(name=name, kind="memory", note=f"no result in {seconds:.0f}s: not a measurement")
     return Row(
@@ -592,10 +595,7 @@ def backlog_rabbitmq_row(bench: Bench, n: int, seconds: float, delay: float = 0.
         soak=(n, seconds, flat),
         note=(
             f"filled in {filled_in:.0f}s ({sum(rates):,.0f} msgs/s); fn {delay * 1000:.0f} ms, "
-            f"{seconds:.0f}s, {done:,} done, {left:,} still queued at the end; "
-            f"RSS mean first third {early:.0f} MB, last third {late:.0f} MB "
-            f"(flat: {'yes' if flat else 'no'}); "
-            f"RSS at each tenth: {' '.join(f'{samples[i]:.0f}' for i in tenths)}"
+            f"{seconds:.0f}s, {done:,} done, {left:,} still queued at the end; {rss_note}"
         ),
     )
 
