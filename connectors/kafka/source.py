@@ -418,24 +418,22 @@ class KafkaSource:
         self._reads_headers = reads_headers
 
     def _raw_tenant(self, message: Message[Any, Any]) -> str | None:
-        assert self._tenant_of is not None
-        if not self._reads_headers:
-            return self._tenant_of(message.key(), None)
-        headers = message.headers()  # confluent-kafka keeps the list: decoding reuses it
-        return self._tenant_of(
-            message.key(), list(headers.items()) if isinstance(headers, dict) else headers
-        )
+        return self._raw_tenants([message])[0]
+
+    def _raw_tenants(self, messages: Sequence[Message[Any, Any]]) -> list[str | None]:
+        """Each message's tenant as ``tenant_of`` tells it raw. confluent-kafka keeps a
+        record's list of headers once built (decoding reuses it), and a consumed record's
+        headers are a list or None, never the dict the stubs also allow (a producer's
+        input)."""
+        tenant_of = self._tenant_of
+        assert tenant_of is not None
+        if self._reads_headers:
+            return [tenant_of(m.key(), m.headers()) for m in messages]  # type: ignore[arg-type]
+        return [tenant_of(m.key(), None) for m in messages]
 
     def _guard(self, messages: Sequence[Message[Any, Any]]) -> list[str | None]:
         """Each message's tenant, after showing the flood guard how many each has."""
-        tenant_of = self._tenant_of
-        assert tenant_of is not None
-        # As ``_raw_tenant``; a consumed record's headers are a list (or None), never the
-        # dict the stubs also allow (a producer's input).
-        if self._reads_headers:
-            tenants = [tenant_of(m.key(), m.headers()) for m in messages]  # type: ignore[arg-type]
-        else:
-            tenants = [tenant_of(m.key(), None) for m in messages]
+        tenants = self._raw_tenants(messages)
         counts = {t: n for t, n in Counter(tenants).items() if t is not None}  # counted in C
         assert self._flood_guard is not None
         self._flood_guard(counts, len(messages))
@@ -472,9 +470,13 @@ class KafkaSource:
         one. A message of a tenant that spills by reference extends ``run`` (returned)
         when it can, else starts a new run of references. ``tenant`` is the message's
         raw tenant when the caller has it already (else ``_UNKNOWN``)."""
+        spilling = bool(self._spill_tenants) and self._tenant_of is not None
+        if spilling and tenant is _UNKNOWN:
+            tenant = self._raw_tenant(message)
         if run is not None and tenant == run.tenant and len(run.positions) < RUN:
-            # A flood read past: the next record of the run's tenant (which spills: the
-            # set does not change during one ``_accept``), most likely of its partition.
+            # The one way a run grows: the next record of the run's tenant (which spills:
+            # the set does not change during one ``_accept``) in the run's partition and
+            # epoch. Anything else starts a new delivery below.
             current = run._state
             if message.partition() == current.tp[1] and message.topic() == current.tp[0]:
                 at = message.offset()
@@ -505,26 +507,14 @@ class KafkaSource:
             self._end_assignment(state)
             state = self._states[tp] = PartitionState(tp, committed, state.generation)
             epoch = state.tracker.track(offset)
-        if self._spill_tenants and self._tenant_of is not None:
-            if tenant is _UNKNOWN:
-                tenant = self._raw_tenant(message)
-            if isinstance(tenant, str) and tenant in self._spill_tenants:
-                state.references += 1
-                if (
-                    run is not None
-                    and run._state is state
-                    and run._epoch == epoch
-                    and run.tenant == tenant
-                    and len(run.positions) < RUN
-                ):
-                    run.positions.append(offset)
-                    return run
-                delivery = KafkaDelivery(
-                    self, state, offset, epoch, event=None, event_id=reference(*tp, offset)
-                )
-                delivery.reference, delivery.tenant = state.label, tenant
-                delivery.positions = [offset]
-                return delivery
+        if spilling and isinstance(tenant, str) and tenant in self._spill_tenants:
+            state.references += 1
+            delivery = KafkaDelivery(
+                self, state, offset, epoch, event=None, event_id=reference(*tp, offset)
+            )
+            delivery.reference, delivery.tenant = state.label, tenant
+            delivery.positions = [offset]
+            return delivery
         return KafkaDelivery(self, state, offset, epoch, **self._decode(message, tp, offset))
 
     def _decode(self, message: Message[Any, Any], tp: TopicPartition, offset: int) -> Any:
