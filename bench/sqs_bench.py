@@ -194,7 +194,9 @@ async def plain_worker(queue: str, endpoint: str, fn_url: str) -> None:
 
 def moto_server() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+    # moto with its delete/send race closed (tests.support.moto_launch), as in the tests
+    launcher = "tests.support.moto_launch"
+    proc = start([sys.executable, "-m", launcher, "-H", "127.0.0.1", "-p", str(port)])
     endpoint = f"http://127.0.0.1:{port}"
     wait_http(endpoint + "/moto-api/")
     return proc, endpoint

@@ -1,4 +1,7 @@
-"""The moto server (SQS, EventBridge, S3 over HTTP) as a subprocess on a free port."""
+"""The moto server (SQS, EventBridge, S3 over HTTP) as a subprocess on a free port.
+
+It runs through ``tests.support.moto_launch``, which closes a race in moto's SQS queue
+that loses messages (see there)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from pathlib import Path
 from tests.support.net import free_port, wait_for_port
 
 REGION = "us-east-1"
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout, where ``tests.support.moto_launch`` is importable."""
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
@@ -41,7 +46,8 @@ def running_moto(
     port = free_port()
     with open(log_dir / "moto.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "tests.support.moto_launch", "-H", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **env},
