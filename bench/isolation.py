@@ -522,9 +522,13 @@ def table(outcomes: list[Outcome]) -> str:
             f"{o.good_throughput / ref.good_throughput:.0%} | {o.good_p50_ms:.0f} | "
             f"{o.good_p99_ms:.0f} | {o.good_p99_ms / ref.good_p99_ms:.1f}x | "
             f"{o.a_done}/{o.a_sent} | {o.lost} | {o.duplicated} | {_yes(o.commits_advanced)} | "
-            f"{_yes(o.reclaimed)} |" + (f" {o.floor_p99_ms or 0:.0f} |" if floors else "")
+            f"{_yes(o.reclaimed)} |" + (f" {_ms(o.floor_p99_ms)} |" if floors else "")
         )
     return "\n".join(rows)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _yes(value: bool | None) -> str:

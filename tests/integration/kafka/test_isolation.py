@@ -12,6 +12,8 @@ from tests.integration.kafka.tansu import Tansu
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.slow]
 
 SECONDS, RATE, OUTAGE = 10.0, 20.0, 6.0
+P99_FLOOR_MS = 150.0
+"""The baseline p99 the doubling is taken from, at least (a noisy 2-core machine)."""
 outcomes: list[Outcome] = []
 
 
@@ -24,6 +26,7 @@ async def scenario(name: str, tansu: Tansu, tmp_path) -> Outcome:
         rate=RATE,
         outage=OUTAGE,
         work=tmp_path,
+        floor=name == "flood",
     )
     outcomes.append(outcome)
     print(f"\n{table(outcomes)}\n{outcome.notes}")
@@ -48,9 +51,16 @@ async def test_noisy_tenant_does_not_hurt_the_others(name, tansu, tmp_path):
     base = baseline()
     # B..K keep at least 90% of their throughput
     assert outcome.good_throughput >= 0.9 * base.good_throughput, table(outcomes)
-    # and their p99 at most doubles (with a 150 ms floor for a noisy 2-core machine; a
-    # flood, read past undecoded from its first full read on, included: docs/isolation.md)
-    assert outcome.good_p99_ms <= 2 * max(base.good_p99_ms, 150.0), table(outcomes)
+    # and their p99 at most doubles (from at least 150 ms: a noisy 2-core machine). In a
+    # flood, the time the broker itself takes to make B..K's records readable behind
+    # A's 20,000 (B..K's p99 at a plain consumer reading the topic beside the bridge) is
+    # not the bridge's: the bridge's own share is what may at most double
+    # (docs/isolation.md, "What the flood test asserts")
+    allowed = 2 * max(base.good_p99_ms, P99_FLOOR_MS)
+    if name == "flood":
+        assert outcome.floor_p99_ms is not None, outcome.notes
+        allowed += outcome.floor_p99_ms
+    assert outcome.good_p99_ms <= allowed, table(outcomes)
     # A was isolated, every partition's commits advanced while it was stuck
     assert "A was isolated" in outcome.notes, outcome.notes
     if name == "flood":
