@@ -169,8 +169,18 @@ def header(args: argparse.Namespace, scale: Scale, rounds: int) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def ensure_tools(install: bool) -> None:
-    """FastStream (pip) and wrk (apt) are only needed here; install them on ``--install``."""
+def ensure_tools(install: bool, profile: bool = False) -> None:
+    """FastStream (pip) and wrk (apt) are only needed here, py-spy only for ``--profile``;
+    install them on ``--install``."""
+    if profile and shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None:
+        if install:
+            subprocess.run([sys.executable, "-m", "pip", "install", "py-spy"], check=True)
+        else:
+            raise SystemExit(
+                f"--profile needs py-spy, which is missing. Install it with\n"
+                f"    {sys.executable} -m pip install py-spy\n"
+                f"or run the suite with --install."
+            )
     if (
         importlib.util.find_spec("faststream") is None
         or importlib.util.find_spec("aiokafka") is None
@@ -269,7 +279,7 @@ def run_rows(bench: Bench, chosen: list[str], rounds: int) -> list[Row]:
 
 def main() -> None:
     args = parse_args()
-    ensure_tools(args.install)
+    ensure_tools(args.install, profile=bool(args.profile))
     scale = make_scale(args)
     rounds = args.rounds or (1 if args.quick else 3)
     title = header(args, scale, rounds)
