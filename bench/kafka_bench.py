@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import signal
@@ -33,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,20 @@ def start_tansu(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     bootstrap = f"127.0.0.1:{port}"
     AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
     return proc, bootstrap
+
+
+@contextlib.contextmanager
+def tansu_and_function(log: Path) -> Iterator[tuple[Any, str, Any, str]]:
+    """tansu (logging to ``log``) and the function server for one run:
+    ``(broker, bootstrap, function, url)``; both stopped at the end."""
+    broker, bootstrap = start_tansu(log)
+    fn, url = function_server()
+    try:
+        yield broker, bootstrap, fn, url
+    finally:
+        stop(fn)
+        broker.kill()
+        broker.wait(10)
 
 
 def create_topics(bootstrap: str, *names: str) -> None:
@@ -212,8 +227,10 @@ def write_bridge_config(
     *,
     state: str = "sqlite:///state.db",
     settings: dict[str, Any] | None = None,
+    group: str | None = None,
 ) -> int:
-    """Write ``work/bridge.yaml`` (``BRIDGE_CONFIG``); return the admin port it uses."""
+    """Write ``work/bridge.yaml`` (``BRIDGE_CONFIG``); return the admin port it uses.
+    ``group``: the consumer group (a new one by default)."""
     port = free_port()
     config = BRIDGE_CONFIG.format(
         state=state,
@@ -221,7 +238,7 @@ def write_bridge_config(
         bootstrap=bootstrap,
         topic=topic,
         out=out,
-        group=f"bench-{uuid.uuid4().hex[:6]}",
+        group=group or f"bench-{uuid.uuid4().hex[:6]}",
         settings=json.dumps(SETTINGS if settings is None else settings),
         url=url,
         mode=mode,
@@ -238,8 +255,9 @@ def run_bridge(
     out: str,
     work: Path,
     state: str = "sqlite:///state.db",
+    group: str | None = None,
 ) -> Any:
-    write_bridge_config(work, mode, bootstrap, url, topic, out, state=state)
+    write_bridge_config(work, mode, bootstrap, url, topic, out, state=state, group=group)
     args = [sys.executable, "-m", "consumer_core", "--log-level", "warning", "run", "bridge.yaml"]
     return start(args, cwd=work, log=work / "bridge.log")
 
@@ -354,39 +372,33 @@ def main() -> None:
     if args.worker:
         asyncio.run(handwritten_loop(*args.worker))
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        broker, bootstrap = start_tansu(Path(tmp) / "tansu.log")
-        fn, url = function_server()
-        try:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tansu_and_function(Path(tmp) / "tansu.log") as (_, bootstrap, _, url),
+    ):
+        print(
+            f"{args.messages} records of ~1 KiB, {KEYS} keys, {PARTITIONS} partitions, "
+            f"64 in flight; latency at {args.rate:g} records/s for {args.seconds:g}s"
+        )
+        print(
+            f"{'system':<22} {'msgs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'cpu % at rate':>13} {'peak RSS MB':>11}"
+        )
+        systems: list[tuple[str, Callable[[str, str, Path], Any]]] = [
+            (
+                "bridge binary",
+                lambda t, o, w: run_bridge("binary", bootstrap, url, t, o, w),
+            ),
+            ("bridge batch", lambda t, o, w: run_bridge("batch", bootstrap, url, t, o, w)),
+            ("hand-written loop", lambda t, o, w: run_handwritten(bootstrap, url, t, o, w)),
+        ]
+        for name, launch in systems:
+            r = measure(name.split()[-1], launch, bootstrap, args.messages, args.rate, args.seconds)
             print(
-                f"{args.messages} records of ~1 KiB, {KEYS} keys, {PARTITIONS} partitions, "
-                f"64 in flight; latency at {args.rate:g} records/s for {args.seconds:g}s"
+                f"{name:<22} {r['per_s']:>8.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
+                f"{r['cpu_pct']:>13.0f} {r['rss_mb']:>11.0f}",
+                flush=True,
             )
-            print(
-                f"{'system':<22} {'msgs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-                f"{'cpu % at rate':>13} {'peak RSS MB':>11}"
-            )
-            systems: list[tuple[str, Callable[[str, str, Path], Any]]] = [
-                (
-                    "bridge binary",
-                    lambda t, o, w: run_bridge("binary", bootstrap, url, t, o, w),
-                ),
-                ("bridge batch", lambda t, o, w: run_bridge("batch", bootstrap, url, t, o, w)),
-                ("hand-written loop", lambda t, o, w: run_handwritten(bootstrap, url, t, o, w)),
-            ]
-            for name, launch in systems:
-                r = measure(
-                    name.split()[-1], launch, bootstrap, args.messages, args.rate, args.seconds
-                )
-                print(
-                    f"{name:<22} {r['per_s']:>8.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
-                    f"{r['cpu_pct']:>13.0f} {r['rss_mb']:>11.0f}",
-                    flush=True,
-                )
-        finally:
-            stop(fn)
-            broker.kill()
-            broker.wait(10)
 
 
 if __name__ == "__main__":

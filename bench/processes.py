@@ -15,18 +15,19 @@ results duplicated.
 from __future__ import annotations
 
 import argparse
-import re
-import sys
+import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from bench.kafka_bench import Feeder, Results, create_topics, start_tansu, write_bridge_config
+from bench.kafka_bench import Feeder, Results, create_topics, run_bridge, tansu_and_function
 from bench.rows import drop_topics
-from bench.support import cpu_seconds, function_server, start, stop
+from bench.support import cpu_seconds, stop
 
-BRIDGE = [sys.executable, "-m", "consumer_core", "--log-level", "warning", "run", "bridge.yaml"]
+
+def cpu_seconds_of(procs: list[subprocess.Popen[bytes]]) -> float:
+    return sum(cpu_seconds(p.pid) for p in procs)
 
 
 def trial(bootstrap: str, url: str, fn: int, broker: int, work: Path, n: int, procs: int) -> str:
@@ -37,33 +38,19 @@ def trial(bootstrap: str, url: str, fn: int, broker: int, work: Path, n: int, pr
     feeder.send(n)
     feeder.flush()
     results = Results(bootstrap, out).start()
-    bridges = []
-    group: str | None = None
+    bridges: list[subprocess.Popen[bytes]] = []
+    group = f"bench-{tag}"  # one consumer group: the processes share the partitions
     try:
         for i in range(procs):
             folder = work / f"{tag}-{i}"
             folder.mkdir()
-            write_bridge_config(folder, "binary", bootstrap, url, topic, out)
-            config = (folder / "bridge.yaml").read_text()
-            if group is None:
-                found = re.search(r"group_id: (\S+)", config)
-                assert found is not None
-                group = found.group(1)
-            else:
-                config = re.sub(r"group_id: \S+", f"group_id: {group}", config)
-                (folder / "bridge.yaml").write_text(config)
-            bridges.append(start(BRIDGE, cwd=folder, log=folder / "bridge.log"))
+            bridges.append(run_bridge("binary", bootstrap, url, topic, out, folder, group=group))
         results.wait_for(1, timeout=120)
-        mine = sum(cpu_seconds(p.pid) for p in bridges)
-        fn0, broker0, done0, started = (
-            cpu_seconds(fn),
-            cpu_seconds(broker),
-            len(results.seen),
-            time.monotonic(),
-        )
+        mine0, fn0, broker0 = cpu_seconds_of(bridges), cpu_seconds(fn), cpu_seconds(broker)
+        done0, started = len(results.seen), time.monotonic()
         results.wait_for(n, timeout=600)
         wall = time.monotonic() - started
-        mine = sum(cpu_seconds(p.pid) for p in bridges) - mine
+        mine = cpu_seconds_of(bridges) - mine0
         fn_cpu, broker_cpu = cpu_seconds(fn) - fn0, cpu_seconds(broker) - broker0
     finally:
         for proc in bridges:
@@ -86,24 +73,16 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="processes-"))
-    broker, bootstrap = start_tansu(work / "tansu.log")
-    fn, url = function_server()
     print(
         "| bridge processes | msgs/s | bridges' CPU | function CPU | broker CPU "
         "| bridges' CPU s/10k | duplicated |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    try:
+    with tansu_and_function(work / "tansu.log") as (broker, bootstrap, fn, url):
         for _ in range(args.pairs):
             for procs in (1, 2):
-                print(
-                    trial(bootstrap, url, fn.pid, broker.pid, work, args.messages, procs),
-                    flush=True,
-                )
-    finally:
-        stop(fn)
-        broker.kill()
-        broker.wait(10)
+                row = trial(bootstrap, url, fn.pid, broker.pid, work, args.messages, procs)
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from bench.kafka_bench import (
     PARTITIONS,
     run_bridge,
     run_handwritten,
-    start_tansu,
+    tansu_and_function,
 )
 from bench.report import Row, median_row, table, targets
 from bench.rows import (
@@ -65,7 +65,7 @@ from bench.rows import (
     sqs_row,
     wrk_row,
 )
-from bench.support import ROOT, function_server, stop
+from bench.support import ROOT
 
 RESULTS_DIR = ROOT / "bench" / "results"
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -285,23 +285,16 @@ def main() -> None:
     title = header(args, scale, rounds)
     print(title.splitlines()[0], flush=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        broker, bootstrap = start_tansu(work / "tansu.log")
-        fn, url = function_server()
-        bench = Bench(args, scale, bootstrap, fn, url, work, broker)
-        try:
-            known = list(plan(bench))
-            chosen = [k for k in args.only.split(",") if k] or [
-                k for k in known if k not in ON_REQUEST
-            ]
-            if unknown := sorted(set(chosen) - set(known)):
-                raise SystemExit(f"unknown rows {unknown}; rows are: {', '.join(known)}")
-            rows = run_rows(bench, chosen, rounds)
-        finally:
-            stop(fn)
-            broker.kill()
-            broker.wait(10)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tansu_and_function(Path(tmp) / "tansu.log") as (broker, bootstrap, fn, url),
+    ):
+        bench = Bench(args, scale, bootstrap, fn, url, Path(tmp), broker)
+        known = list(plan(bench))
+        chosen = [k for k in args.only.split(",") if k] or [k for k in known if k not in ON_REQUEST]
+        if unknown := sorted(set(chosen) - set(known)):
+            raise SystemExit(f"unknown rows {unknown}; rows are: {', '.join(known)}")
+        rows = run_rows(bench, chosen, rounds)
     took = time.monotonic() - started
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report = (
