@@ -133,12 +133,17 @@ def wait_results(
 
 
 @contextlib.contextmanager
+def py_spy() -> str | None:
+    """The py-spy beside this Python (the venv's), if installed."""
+    return shutil.which("py-spy", path=str(Path(sys.executable).parent))
+
+
 def profiled(pid: int, path: str | None) -> Iterator[None]:
     """``py-spy record`` on ``pid`` for 6 s, started now, waited for at the end."""
     if not path:
         yield
         return
-    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    spy = py_spy() or "py-spy"
     proc = subprocess.Popen(
         [spy, "record", "-p", str(pid), "-d", "6", "-f", "raw", "-o", path],
         stdout=subprocess.DEVNULL,

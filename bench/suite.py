@@ -60,6 +60,7 @@ from bench.rows import (
     faststream_row,
     kafka_row,
     launch_peer,
+    py_spy,
     rabbitmq_row,
     raw_row,
     sqs_row,
@@ -172,7 +173,7 @@ def header(args: argparse.Namespace, scale: Scale, rounds: int) -> str:
 def ensure_tools(install: bool, profile: bool = False) -> None:
     """FastStream (pip) and wrk (apt) are only needed here, py-spy only for ``--profile``;
     install them on ``--install``."""
-    if profile and shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None:
+    if profile and py_spy() is None:
         if install:
             subprocess.run([sys.executable, "-m", "pip", "install", "py-spy"], check=True)
         else:

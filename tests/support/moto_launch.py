@@ -18,7 +18,6 @@ takes the lock for deletes too (``patch_moto``). Everything else is moto as ship
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 from moto.sqs.models import Queue
 
@@ -43,7 +42,7 @@ def patch_moto() -> None:
     Queue.delete_message = delete_message  # type: ignore[method-assign]
 
 
-def main(argv: Any = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     from moto.server import main as serve
 
     patch_moto()
