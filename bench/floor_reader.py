@@ -52,8 +52,10 @@ def main() -> None:
             print("ready", flush=True)
         for m in messages:
             if m.error() is None:
-                for name, value in m.headers() or []:
-                    if name == "ce_id" and value is not None:
+                headers = m.headers() or []
+                pairs = headers.items() if isinstance(headers, dict) else headers
+                for name, value in pairs:
+                    if name == "ce_id" and isinstance(value, bytes):
                         arrived.setdefault(value.decode(), now)
     consumer.close()
     print(json.dumps(arrived), flush=True)

@@ -42,7 +42,7 @@ from typing import Any
 
 from aiohttp import web
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench.support import free_port, start, stop, wait_http
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench.support import cpu_seconds, free_port, function_server, rss_mb, start, stop
 
@@ -197,8 +197,9 @@ class Results:
         while not self._stop.is_set():
             for m in consumer.consume(10_000, 0.1):
                 if m.error() is None:
-                    headers = dict(m.headers() or [])  # type: ignore[arg-type]
-                    subject = (headers.get("ce_subject") or b"").decode()
+                    headers = dict(m.headers() or [])
+                    value = headers.get("ce_subject")
+                    subject = value.decode() if isinstance(value, bytes) else value or ""
                     self.seen.append((subject, m.timestamp()[1]))
         consumer.close()
 

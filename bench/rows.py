@@ -132,12 +132,12 @@ def wait_results(
         time.sleep(0.01)
 
 
-@contextlib.contextmanager
 def py_spy() -> str | None:
     """The py-spy beside this Python (the venv's), if installed."""
     return shutil.which("py-spy", path=str(Path(sys.executable).parent))
 
 
+@contextlib.contextmanager
 def profiled(pid: int, path: str | None) -> Iterator[None]:
     """``py-spy record`` on ``pid`` for 6 s, started now, waited for at the end."""
     if not path:

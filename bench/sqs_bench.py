@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -219,14 +220,15 @@ def main() -> None:
     try:
         print(f"{n} messages of ~1 KiB, queue depth <= {args.depth}, moto at {endpoint}")
         print(f"{'consumer':<20} {'msgs/s':>8} {'CPU s':>7} {'CPU ms/msg':>11}")
-        for name, run in (
+        runs: list[tuple[str, Callable[[], dict[str, float]]]] = [
             ("plain loop", lambda: run_plain(endpoint, fn_url, n, args.depth)),
             ("bridge", lambda: run_bridge(endpoint, fn_url, n, args.depth, with_sink=False)),
             (
                 "bridge + sqs sink",
                 lambda: run_bridge(endpoint, fn_url, n, args.depth, with_sink=True),
             ),
-        ):
+        ]
+        for name, run in runs:
             r = run()
             rate, per_message = n / r["elapsed"], r["cpu"] / n * 1000
             print(f"{name:<20} {rate:>8.0f} {r['cpu']:>7.2f} {per_message:>11.3f}", flush=True)
