@@ -64,3 +64,51 @@ async def test_the_dedup_lookup_reads_beside_a_running_write(tmp_path: Path) -> 
         assert await store.finished(ids, since=0.0) == set(ids)  # and is once committed
     finally:
         await store.close()
+
+
+async def test_a_batch_written_as_one_statement_stores_what_executemany_stores(
+    tmp_path: Path,
+) -> None:
+    """The task rows of a flush go to SQLite as one JSON array (``_UPSERT_JSON``), with
+    ``executemany`` as the fallback for a SQLite without JSON functions: both must leave
+    the same rows, column types included, for new and updated tasks alike."""
+    from consumer_core.tasks import TaskRecord, TaskState
+    from tests.contract.store_contract import full_record, record
+
+    def records() -> list[TaskRecord]:
+        odd = record("q\"uote'\\back\nline", state=TaskState.RUNNING)
+        odd.tenant = "ténant \U0001f600"
+        odd.received = None  # a NULL column
+        whole = record("whole", state=TaskState.PENDING)
+        whole.received = 1_700_000_000.0  # an integral float stays REAL
+        return [full_record(), finished("done", T0), odd, whole]
+
+    dumped: dict[bool, list[tuple[object, ...]]] = {}
+    for use_json in (True, False):
+        store = SqliteTaskStore(SqliteDatabase(tmp_path / f"json-{use_json}.db"))
+        await store.open()
+        try:
+            assert store._json, "this SQLite has JSON functions: the one-statement path is used"
+            store._json = use_json
+            for r in records():
+                store.save(r)
+            await store.flush()
+            updated = finished("done", T0 + 10, TaskState.FAILED)  # an upsert over a row
+            store.save(updated)
+            await store.flush()
+            dumped[use_json] = await store.db.run(
+                lambda conn: conn.execute(
+                    "SELECT id, pipeline, state, tenant, received, typeof(received), finished,"
+                    " typeof(finished), doc FROM tasks ORDER BY id"
+                ).fetchall()
+            )
+            again = await store.get("orders:done")
+            assert again is not None
+            assert again.state is TaskState.FAILED
+        finally:
+            await store.close()
+    assert len(dumped[True]) == 4
+    assert dumped[True] == dumped[False]
+    types = {row[0]: (row[5], row[7]) for row in dumped[True]}
+    assert types["orders:whole"][0] == "real"
+    assert [row[5] for row in dumped[True] if row[0].endswith("line")] == ["null"]
